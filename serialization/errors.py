@@ -1,20 +1,20 @@
 """The error tree of the wire contract: every decoder raises only these.
 
 SerializationError (ValueError)
- +-- MalformedMessage      bytes that are not a well-formed fedmq message
- +-- UnsupportedVersion    a well-formed message of a format version we do not speak
- +-- PayloadTooLarge       a size, count or length above the configured Limits
- +-- SignatureError        a release whose Ed25519 signature does not verify
+ +-- MalformedError           bytes that are not a well-formed fedmq message
+ +-- UnsupportedVersionError  a well-formed message of a format version we do not speak
+ +-- TooLargeError            a size, count or length above the configured Limits
+ +-- SignatureError           a release whose Ed25519 signature does not verify
 """
 
 from __future__ import annotations
 
 __all__ = [
-    "MalformedMessage",
-    "PayloadTooLarge",
+    "MalformedError",
     "SerializationError",
     "SignatureError",
-    "UnsupportedVersion",
+    "TooLargeError",
+    "UnsupportedVersionError",
 ]
 
 
@@ -25,13 +25,13 @@ class SerializationError(ValueError):
     """Short machine-readable reason, used in Receipts and metric labels."""
 
 
-class MalformedMessage(SerializationError):
+class MalformedError(SerializationError):
     """The bytes are not a well-formed message of the expected type."""
 
     reason = "malformed"
 
 
-class UnsupportedVersion(SerializationError):
+class UnsupportedVersionError(SerializationError):
     """The message declares a format version this implementation does not speak."""
 
     reason = "unsupported_version"
@@ -41,7 +41,7 @@ class UnsupportedVersion(SerializationError):
         self.version = version
 
 
-class PayloadTooLarge(SerializationError):
+class TooLargeError(SerializationError):
     """A payload, count or length exceeds the configured limit."""
 
     reason = "too_large"

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from serialization.errors import MalformedMessage
+from serialization.errors import MalformedError
 
 __all__ = [
     "DEFAULT_ROOT",
@@ -36,18 +36,18 @@ _IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 def validate_identifier(value: str, what: str = "identifier") -> str:
-    """Return ``value`` if it is a safe task or device id, else raise MalformedMessage.
+    """Return ``value`` if it is a safe task or device id, else raise MalformedError.
 
     A safe id is 1..64 characters of ``[A-Za-z0-9_.-]``, starting with a letter or
     digit: it can never contain the MQTT wildcards ``+`` and ``#``, a level separator
     ``/``, or a leading ``$``, so it is always exactly one topic level.
     """
     if not isinstance(value, str) or not value:
-        raise MalformedMessage(f"{what} must be a non-empty string")
+        raise MalformedError(f"{what} must be a non-empty string")
     if len(value) > MAX_IDENTIFIER_LENGTH:
-        raise MalformedMessage(f"{what} is longer than {MAX_IDENTIFIER_LENGTH} characters")
+        raise MalformedError(f"{what} is longer than {MAX_IDENTIFIER_LENGTH} characters")
     if _IDENTIFIER.fullmatch(value) is None:
-        raise MalformedMessage(
+        raise MalformedError(
             f"{what} {value!r} may only hold letters, digits, '_', '.', '-' "
             "and must start with a letter or digit"
         )
@@ -103,10 +103,10 @@ class ParsedTopic:
 
 
 def parse_topic(topic: str, *, root: str = DEFAULT_ROOT) -> ParsedTopic:
-    """Parse a concrete fedmq topic; raise MalformedMessage for anything else."""
+    """Parse a concrete fedmq topic; raise MalformedError for anything else."""
     prefix = root + "/"
     if not topic.startswith(prefix):
-        raise MalformedMessage(f"topic {topic!r} is not under {root!r}")
+        raise MalformedError(f"topic {topic!r} is not under {root!r}")
     levels = topic[len(prefix) :].split("/")
     if len(levels) == 2 and levels[1] in ("model", "control"):
         kind: TopicKind = "model" if levels[1] == "model" else "control"
@@ -118,4 +118,4 @@ def parse_topic(topic: str, *, root: str = DEFAULT_ROOT) -> ParsedTopic:
             kind=device_kind,
             device_id=validate_identifier(levels[2], "device id"),
         )
-    raise MalformedMessage(f"topic {topic!r} is not a fedmq topic")
+    raise MalformedError(f"topic {topic!r} is not a fedmq topic")
