@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -17,9 +18,25 @@ Handler: TypeAlias = Callable[[argparse.Namespace], int]
 """What a subcommand stores with ``set_defaults(handler=...)``; returns the exit code."""
 
 
+_COMMAND_MODULES = (
+    "fedmq.broker_cli",
+    "fedmq.device_cli",
+    "fedmq.aggregator_cli",
+)
+"""Each module exposes ``register(subparsers)``; listed in help order."""
+
+
 def _registrars() -> list[Callable[[Subparsers], None]]:
-    """Each subcommand module exposes ``register(subparsers)``; listed in help order."""
-    return []
+    registrars = []
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        registrars.append(module.register)
+    return registrars
 
 
 def build_parser() -> argparse.ArgumentParser:
