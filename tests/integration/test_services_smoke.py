@@ -27,7 +27,7 @@ def test_broker_publish_subscribe_round_trip(broker: Broker, task: str) -> None:
     """A message the aggregator publishes on a model topic reaches a subscribed device."""
     received: queue.Queue[bytes] = queue.Queue()
     device = _client(broker, "dev-a")
-    device.on_message = lambda _c, _u, msg: received.put(msg.payload)
+    device.on_message = lambda _c, _u, msg: received.put(bytes(msg.payload))
     device.connect(broker.host, broker.port)
     device.loop_start()
     aggregator = _client(broker, SERVICE_ACCOUNT)
