@@ -41,12 +41,18 @@ def array_to_wire(array: NDArray[Any]) -> dict[str, object]:
 
 
 def check_element_budget(shape: tuple[int, ...], budget: int, limits: Limits) -> int:
-    """Element count of ``shape``; raise TooLargeError above the per-tensor limit or ``budget``."""
+    """Element count of ``shape``; raise TooLargeError above the per-tensor limit or ``budget``.
+
+    Zero-length axes count as 1 against the per-tensor limit, so that a shape such as
+    ``[0, 2**40]`` (no elements, but no array library can represent it) is refused too.
+    """
+    extent = math.prod(max(d, 1) for d in shape)
+    if extent > limits.max_tensor_elements:
+        raise TooLargeError("tensor elements", extent, limits.max_tensor_elements)
     count = math.prod(shape)
-    if count > limits.max_tensor_elements:
-        raise TooLargeError("tensor elements", count, limits.max_tensor_elements)
     if count > budget:
-        raise TooLargeError("total elements", count, budget)
+        used = limits.max_total_elements - budget
+        raise TooLargeError("total elements", used + count, limits.max_total_elements)
     return count
 
 
@@ -61,12 +67,14 @@ def shape_from_wire(value: Value, limits: Limits) -> tuple[int, ...]:
 
 
 def array_from_wire(value: Value, limits: Limits, *, budget: int) -> NDArray[Any]:
-    """Decode an array map without copying: the result is a read-only view of the payload."""
+    """Decode an array map without copying: the result is a view of the payload's bytes
+    (read-only when the payload is ``bytes``); ``budget`` bounds its element count."""
     if not isinstance(value, dict):
         raise MalformedError("array must be a map with dtype, shape and data")
-    dtype = DTYPES.get(value.get("dtype"))  # type: ignore[arg-type]  # None or str: both fine
+    name = value.get("dtype")
+    dtype = DTYPES.get(name) if isinstance(name, str) else None
     if dtype is None:
-        raise MalformedError(f"dtype {value.get('dtype')!r} is not in the wire whitelist")
+        raise MalformedError(f"dtype {name!r} is not in the wire whitelist")
     shape = shape_from_wire(value.get("shape"), limits)
     count = check_element_budget(shape, budget, limits)
     data = value.get("data")

@@ -34,17 +34,28 @@ __all__ = [
 CodecName: TypeAlias = Literal["none", "float16", "int8", "topk"]
 CODEC_NAMES: tuple[CodecName, ...] = ("none", "float16", "int8", "topk")
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
+_INT8_MIN_SCALE = 2.0**-126
+"""Smallest normal float32: a smaller scale would lose precision when decoded in float32."""
+_INT8_MAX_SCALE = float(np.finfo(np.float32).max) / 128
+"""(2 - 2**-23) * 2**120, exact in float32: no int8 value times the scale overflows float32."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Codec:
     """Which codec a device uses, with its parameters.
 
-    Error bounds of ``decode(encode(x))`` per element: none exact; float16 relative 2**-11
-    for |x| <= 65504 (larger values are clipped to +-65504); int8 ``scale/2`` with
-    deterministic rounding and below ``scale`` with stochastic rounding, where
-    ``scale = max|x| / 127``; topk exact on the kept entries, the dropped ones are the
-    residual (``x - decoded``) that error feedback carries into the next update.
+    Error bounds of ``d = decode(encode(x))`` per element of a finite float32 ``x``:
+
+    - none: exact.
+    - float16: ``|x - d| <= max(2**-11 * |x|, 2**-25)`` for ``|x| <= 65504`` (round to
+      nearest; 2**-25 is half the spacing of float16's subnormals); larger magnitudes are
+      clipped to +-65504.
+    - int8: ``scale = max(max|x| / 127, 2**-126)`` rounded to float32; ``|x - d| <=
+      scale * (1/2 + 2**-16)`` with deterministic rounding and ``< scale * (1 + 2**-15)``
+      with stochastic rounding (the 2**-16 and 2**-15 terms are float32 rounding).
+    - topk: the ``k = min(n, ceil(topk_fraction * n))`` entries of largest magnitude are
+      exact, the others decode to 0, so ``x - d`` is exactly the dropped residual that error
+      feedback carries into the next update.
     """
 
     name: CodecName = "none"
@@ -67,7 +78,7 @@ class EncodedTensor:
     """none: float32 of ``shape``; float16: float16 of ``shape``; int8: int8 of ``shape``;
     topk: float32 of length k."""
     scale: float | None = None
-    """int8 only: dense = values * scale."""
+    """int8 only: dense = float32(values) * float32(scale)."""
     indices: NDArray[np.uint32] | None = None
     """topk only: strictly increasing flat (C-order) positions of ``values``."""
 
@@ -128,7 +139,9 @@ def _encode_int8(
     peak = float(np.max(np.abs(dense))) if dense.size else 0.0
     if not math.isfinite(peak):
         raise SerializationError("int8 codec needs finite values")
-    scale = peak / 127.0 if peak > 0.0 else 1.0
+    scale = float(np.float32(max(peak / 127.0, _INT8_MIN_SCALE)))
+    if scale > _INT8_MAX_SCALE:
+        raise SerializationError(f"int8 codec cannot scale values of magnitude {peak}")
     scaled = dense / np.float32(scale)
     if codec.stochastic:
         if rng is None:
@@ -163,11 +176,12 @@ def tensor_from_wire(value: Value, codec: CodecName, limits: Limits, budget: int
         raise MalformedError("encoded tensor must be a map")
     shape = shape_from_wire(value.get("shape"), limits)
     size = check_element_budget(shape, budget, limits)
-    values = array_from_wire(value.get("values"), limits, budget=size)
+    # The inner arrays are views of the payload; only their consistency with shape matters.
+    values = array_from_wire(value.get("values"), limits, budget=limits.max_total_elements)
     if values.dtype.name != _VALUE_DTYPES[codec]:
         raise MalformedError(f"codec {codec} needs {_VALUE_DTYPES[codec]} values")
     if codec == "topk":
-        indices = array_from_wire(value.get("indices"), limits, budget=size)
+        indices = array_from_wire(value.get("indices"), limits, budget=limits.max_total_elements)
         if indices.dtype.name != "uint32" or indices.ndim != 1 or values.shape != indices.shape:
             raise MalformedError("topk needs 1-d uint32 indices as long as its values")
         if indices.size and (int(indices[-1]) >= size or np.any(indices[1:] <= indices[:-1])):
@@ -177,7 +191,7 @@ def tensor_from_wire(value: Value, codec: CodecName, limits: Limits, budget: int
         raise MalformedError(f"values shape {values.shape} differs from tensor shape {shape}")
     if codec == "int8":
         scale = value.get("scale")
-        if not isinstance(scale, float) or not math.isfinite(scale) or scale <= 0.0:
-            raise MalformedError("int8 scale must be a finite positive float")
+        if not isinstance(scale, float) or not 0.0 < scale <= _INT8_MAX_SCALE:
+            raise MalformedError(f"int8 scale must be a float in (0, {_INT8_MAX_SCALE}]")
         return EncodedTensor(shape=shape, values=values, scale=scale)
     return EncodedTensor(shape=shape, values=values)

@@ -6,11 +6,10 @@ import math
 from collections.abc import Callable
 from typing import Protocol, TypeAlias, TypeVar
 
-import msgpack
-
 from serialization.errors import MalformedError, TooLargeError, UnsupportedVersionError
 from serialization.limits import Limits
 from serialization.msgpack_reader import Value, read_msgpack
+from serialization.msgpack_writer import packb
 from serialization.topics import validate_identifier
 
 __all__ = ["FORMAT_VERSION", "Fields", "Scalar", "named_tensors", "open_message", "pack_message"]
@@ -104,10 +103,7 @@ class Fields:
 
 def pack_message(kind: str, body: dict[str, object]) -> bytes:
     """msgpack of ``{"fedmq": FORMAT_VERSION, "type": kind, **body}`` (bin for bytes)."""
-    packed: bytes = msgpack.packb(
-        {"fedmq": FORMAT_VERSION, "type": kind, **body}, use_bin_type=True
-    )
-    return packed
+    return packb({"fedmq": FORMAT_VERSION, "type": kind, **body})
 
 
 def open_message(payload: bytes | bytearray | memoryview, kind: str, limits: Limits) -> Fields:

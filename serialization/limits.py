@@ -27,6 +27,9 @@ class Limits:
     """Entries of a metadata, metrics or settings map."""
     max_depth: int = 5
     """Nesting of msgpack containers."""
+    max_values: int = 32_768
+    """msgpack values (each scalar, string, bin, array and map counts one) in one message;
+    bounds the decoder's memory for payloads made of many tiny values."""
 
 
 DEFAULT_LIMITS = Limits()

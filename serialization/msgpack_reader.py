@@ -30,23 +30,25 @@ _MAP = {0xDE: 2, 0xDF: 4}
 
 
 class _Reader:
-    __slots__ = ("buf", "limits", "pos")
+    __slots__ = ("buf", "end", "left", "limits", "pos")
 
     def __init__(self, buf: memoryview, limits: Limits) -> None:
         self.buf = buf
         self.pos = 0
+        self.end = len(buf)
         self.limits = limits
+        self.left = limits.max_values
 
     def take(self, n: int) -> memoryview:
         end = self.pos + n
-        if end > len(self.buf):
+        if end > self.end:
             raise MalformedError(f"truncated: need {n} bytes at offset {self.pos}")
         view = self.buf[self.pos : end]
         self.pos = end
         return view
 
     def unpack(self, fmt: struct.Struct) -> int | float:
-        if self.pos + fmt.size > len(self.buf):
+        if self.pos + fmt.size > self.end:
             raise MalformedError(f"truncated: need {fmt.size} bytes at offset {self.pos}")
         value: int | float = fmt.unpack_from(self.buf, self.pos)[0]
         self.pos += fmt.size
@@ -63,15 +65,28 @@ class _Reader:
         except UnicodeDecodeError as exc:
             raise MalformedError(f"string at offset {self.pos - n} is not UTF-8") from exc
 
-    def count(self, n: int, min_item_bytes: int) -> int:
-        # Every element takes at least one byte: a count that cannot fit in what is left
-        # is rejected before any list or dict is grown.
-        if n * min_item_bytes > len(self.buf) - self.pos:
+    def count(self, n: int, values_per_item: int) -> int:
+        # Every value takes at least one byte: a count that cannot fit in what is left is
+        # rejected before any list or dict is grown, and so is one above the value budget.
+        if n * values_per_item > self.end - self.pos:
             raise MalformedError(f"container of {n} items overruns the payload")
+        if n * values_per_item > self.left:
+            used = self.limits.max_values - self.left
+            raise TooLargeError(
+                "msgpack values", used + n * values_per_item, self.limits.max_values
+            )
         return n
 
     def value(self, depth: int) -> Value:  # noqa: PLR0911, PLR0912 - one branch per format family
-        tag = self.take(1)[0]
+        if self.left <= 0:
+            raise TooLargeError(
+                "msgpack values", self.limits.max_values + 1, self.limits.max_values
+            )
+        self.left -= 1
+        if self.pos >= self.end:
+            raise MalformedError(f"truncated: need 1 byte at offset {self.pos}")
+        tag = self.buf[self.pos]
+        self.pos += 1
         if tag <= 0x7F:
             return tag
         if tag >= 0xE0:
@@ -127,7 +142,8 @@ def read_msgpack(payload: bytes | bytearray | memoryview, limits: Limits) -> Val
 
     ``bin`` values come back as memoryviews into ``payload`` (no copy); ext types, non-string
     map keys, duplicate keys, invalid UTF-8, trailing bytes and anything above ``limits``
-    raise a SerializationError subclass.
+    (payload size, string length, nesting depth, number of values) raise a SerializationError
+    subclass.
     """
     if len(payload) > limits.max_payload_bytes:
         raise TooLargeError("payload size", len(payload), limits.max_payload_bytes)

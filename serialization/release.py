@@ -11,10 +11,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from serialization.arrays import array_from_wire, array_to_wire
-from serialization.errors import MalformedError
+from serialization.errors import MalformedError, SignatureError
 from serialization.fields import Fields, Scalar, named_tensors, open_message, pack_message
 from serialization.limits import DEFAULT_LIMITS, Limits
 from serialization.msgpack_reader import read_msgpack
+from serialization.msgpack_writer import BinChunks, Chunk, pack_chunks
 from serialization.signing import SIGNATURE_BYTES, SigningKey, VerifyKey, release_digest
 
 __all__ = ["ModelRelease"]
@@ -37,7 +38,8 @@ class ModelRelease:
 
     def encode(self, key: SigningKey) -> bytes:
         """The signed msgpack payload: ``{fedmq, type, body, signature}``."""
-        body: bytes = msgpack.packb(
+        body: list[Chunk] = []
+        pack_chunks(
             {
                 "task": self.task,
                 "version": self.version,
@@ -48,9 +50,11 @@ class ModelRelease:
                 "metadata": dict(self.metadata),
                 "tensors": {name: array_to_wire(t) for name, t in self.tensors.items()},
             },
-            use_bin_type=True,
+            body,
+            msgpack.Packer(use_bin_type=True),
         )
-        return pack_message("release", {"body": body, "signature": key.sign(release_digest(body))})
+        signature = key.sign(release_digest(*body))
+        return pack_message("release", {"body": BinChunks(tuple(body)), "signature": signature})
 
     @classmethod
     def decode(
@@ -60,10 +64,18 @@ class ModelRelease:
         *,
         limits: Limits = DEFAULT_LIMITS,
     ) -> ModelRelease:
-        """Verify the signature with ``key``, then decode the body (tensors are views)."""
+        """Verify the signature with ``key``, then decode the body (tensors are views).
+
+        SignatureError: the signature is missing, not a 64-byte bin, or does not verify.
+        MalformedError: the envelope itself is broken (not a release map, no bin body), or
+        the verified body is not a well-formed release body.
+        """
         envelope = open_message(payload, "release", limits)
         body = envelope.binary("body")
-        key.verify(release_digest(body), envelope.binary("signature", length=SIGNATURE_BYTES))
+        signature = envelope.mapping.get("signature")
+        if not isinstance(signature, memoryview) or len(signature) != SIGNATURE_BYTES:
+            raise SignatureError(f"release signature must be a bin of {SIGNATURE_BYTES} bytes")
+        key.verify(release_digest(body), signature)
         decoded = read_msgpack(body, limits)
         if not isinstance(decoded, dict):
             raise MalformedError("a release body must be a msgpack map")

@@ -17,10 +17,14 @@ RELEASE_CONTEXT = b"fedmq/v1/release\x00"
 SIGNATURE_BYTES = 64
 
 
-def release_digest(body: bytes | memoryview) -> bytes:
-    """The 64-byte message that is signed for a release: SHA-512(RELEASE_CONTEXT || body)."""
+def release_digest(*body: bytes | memoryview) -> bytes:
+    """The 64-byte message that is signed for a release: SHA-512(RELEASE_CONTEXT || body).
+
+    The body may be given in pieces, which are hashed in order as if joined.
+    """
     digest = hashlib.sha512(RELEASE_CONTEXT)
-    digest.update(body)
+    for piece in body:
+        digest.update(piece)
     return digest.digest()
 
 
