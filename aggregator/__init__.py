@@ -7,6 +7,7 @@ service modules.
 
 from __future__ import annotations
 
+from aggregator.config import AggregatorConfig, MqttSettings, TaskSettings, load_config
 from aggregator.errors import (
     AggregatorError,
     InvalidConfigError,
@@ -55,12 +56,15 @@ from aggregator.strategies import (
     Strategy,
     Weighting,
 )
+from aggregator.keys import TaskKeys
+from aggregator.strategy_settings import StrategySettings
 from aggregator.tensors import Model, Tensors, global_norm
 from aggregator.validation import RejectReason, validate_delta
 
 __all__ = [
     "FEDBUFF_STALENESS",
     "AggregationRule",
+    "AggregatorConfig",
     "AggregatorError",
     "Constant",
     "DeviceUpdate",
@@ -78,6 +82,7 @@ __all__ = [
     "InvalidConfigError",
     "LayoutMismatchError",
     "Model",
+    "MqttSettings",
     "NegativeStalenessError",
     "NotReadyError",
     "OptimizerState",
@@ -90,6 +95,9 @@ __all__ = [
     "StateError",
     "StepResult",
     "Strategy",
+    "StrategySettings",
+    "TaskKeys",
+    "TaskSettings",
     "Tensors",
     "UpdateRejectedError",
     "VersionMismatchError",
@@ -99,6 +107,7 @@ __all__ = [
     "clip_factor",
     "coordinate_median",
     "global_norm",
+    "load_config",
     "private_mean",
     "server_optimizer_from_name",
     "staleness_from_name",

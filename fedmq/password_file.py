@@ -6,10 +6,17 @@ import base64
 import hashlib
 import os
 import secrets
+import stat
 import tempfile
 from pathlib import Path
 
-__all__ = ["MOSQUITTO_ITERATIONS", "PasswordFile", "hash_password", "verify_password"]
+__all__ = [
+    "MOSQUITTO_ITERATIONS",
+    "PasswordFile",
+    "hash_password",
+    "verify_password",
+    "write_private_file",
+]
 
 MOSQUITTO_ITERATIONS = 101
 """Mosquitto's own default. Device secrets are 256-bit random, so the count is not what
@@ -17,6 +24,7 @@ protects them; a low count keeps a reconnect storm of a large fleet cheap for th
 
 _SALT_BYTES = 12
 _HASH_BYTES = 64
+_PRIVATE_MODE = 0o600
 
 
 def hash_password(
@@ -25,9 +33,11 @@ def hash_password(
     """Return the Mosquitto 2.x ``$7$`` hash of ``password`` (as mosquitto_passwd writes it)."""
     salt = secrets.token_bytes(_SALT_BYTES) if salt is None else salt
     digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations, _HASH_BYTES)
-    return "$7${}${}${}".format(
-        iterations, base64.b64encode(salt).decode(), base64.b64encode(digest).decode()
+    encoded_salt, encoded_digest = (
+        base64.b64encode(salt).decode(),
+        base64.b64encode(digest).decode(),
     )
+    return f"$7${iterations}${encoded_salt}${encoded_digest}"
 
 
 def verify_password(password: str, hashed: str) -> bool:
@@ -37,6 +47,43 @@ def verify_password(password: str, hashed: str) -> bool:
         return False
     iterations, salt = int(parts[2]), base64.b64decode(parts[3])
     return secrets.compare_digest(hash_password(password, salt=salt, iterations=iterations), hashed)
+
+
+def write_private_file(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically, readable only by the broker's user.
+
+    The new file gets the owner, group and (minus any world bits) mode of the file it
+    replaces, so a broker running as another user (uid 1883 in the official image) can
+    still read it after a reload; a new file is 0600 and owned by the caller. If the owner
+    cannot be kept, the old file stays in place and PermissionError is raised.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        previous: os.stat_result | None = path.stat()
+    except FileNotFoundError:
+        previous = None
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            mode = _PRIVATE_MODE
+            if previous is not None:
+                mode = stat.S_IMODE(previous.st_mode) & 0o660 or _PRIVATE_MODE
+                current = os.fstat(handle.fileno())
+                if (current.st_uid, current.st_gid) != (previous.st_uid, previous.st_gid):
+                    os.fchown(handle.fileno(), previous.st_uid, previous.st_gid)
+            os.fchmod(handle.fileno(), mode)
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 class PasswordFile:
@@ -58,6 +105,8 @@ class PasswordFile:
 
     def set(self, username: str, password: str) -> None:
         """Add ``username`` or replace its password."""
+        if not username or any(c in username for c in ":\r\n") or username != username.strip():
+            raise ValueError(f"username {username!r} cannot be stored in a password file")
         entries = self.entries()
         entries[username] = hash_password(password)
         self._write(entries)
@@ -71,15 +120,4 @@ class PasswordFile:
         return True
 
     def _write(self, entries: dict[str, str]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".passwd-")
-        try:
-            with os.fdopen(fd, "w") as handle:
-                handle.writelines(f"{user}:{hashed}\n" for user, hashed in entries.items())
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_private_file(self.path, "".join(f"{u}:{h}\n" for u, h in entries.items()))

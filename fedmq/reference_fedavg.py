@@ -73,6 +73,8 @@ def reference_fedavg(
             total += result.num_samples
         params = {name: p + weighted[name] / np.float32(total) for name, p in params.items()}
         results.append(
-            RoundResult(round=r, params=params, accuracy=accuracy(params, split.x_test, split.y_test))
+            RoundResult(
+                round=r, params=params, accuracy=accuracy(params, split.x_test, split.y_test)
+            )
         )
     return results

@@ -14,7 +14,8 @@ def test_digits_split_matches_the_spec() -> None:
     assert split.x_train.shape == (1437, 64)
     assert split.x_test.shape == (360, 64)
     assert split.x_train.dtype == np.float32
-    assert 0.0 <= split.x_train.min() and split.x_train.max() <= 1.0
+    assert split.x_train.min() >= 0.0
+    assert split.x_train.max() <= 1.0
     assert np.bincount(split.y_test).tolist() == [36, 36, 35, 37, 36, 37, 36, 36, 35, 36]
 
 
