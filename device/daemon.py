@@ -20,6 +20,7 @@ from device.link import (
     ConnectRefused,
     Disconnected,
     LinkEvent,
+    LinkSwitch,
     MqttLink,
     Published,
     Received,
@@ -108,14 +109,10 @@ class DeviceDaemon:
         if stored_control is not None:
             self._apply_control(bytes(stored_control), persist=False)
         self.connected = False
+        self._link_up = False
         self.connections = int(self.db.get("connections", 0))
         self._events: queue.Queue[LinkEvent] = queue.Queue()
-        self._link = MqttLink(
-            config,
-            self._events,
-            connections=self.connections,
-            offline_status=lambda n: self._status_payload("offline", n),
-        )
+        self._link = self._new_link()
         self._stop = threading.Event()
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -155,6 +152,11 @@ class DeviceDaemon:
             raise NoModelError
         return held.predict_proba(x)
 
+    def set_online(self, online: bool) -> None:
+        """Take the network away (a clean disconnect) or give it back, as a flaky link
+        would; the daemon keeps observing, training and queueing updates while offline."""
+        self._events.put(LinkSwitch(online=online))
+
     def wait_until(self, predicate: Callable[[DeviceDaemon], bool], timeout: float) -> bool:
         """Block until ``predicate(self)`` holds after a loop turn, or ``timeout`` s pass."""
         with self._changed:
@@ -184,6 +186,7 @@ class DeviceDaemon:
     def run(self) -> None:
         """Connect and serve until ``stop()``; returns after the clean disconnect."""
         self._link.start()
+        self._link_up = True
         next_spool = 0.0
         try:
             while not self._stop.is_set():
@@ -244,6 +247,8 @@ class DeviceDaemon:
                 logger.warning("broker refused our status: %s", event.reason)
         elif isinstance(event, Connected):
             self._on_connected(event)
+        elif isinstance(event, LinkSwitch):
+            self._switch_link(event.online)
         elif isinstance(event, Disconnected):
             if self.connected:
                 logger.info("disconnected: %s", event.reason)
@@ -255,6 +260,28 @@ class DeviceDaemon:
         elif isinstance(event, SubscribeRefused):
             self.db.bump("subscribe_refused")
             logger.warning("broker refused a subscription: %s", event.reason)
+
+    def _new_link(self) -> MqttLink:
+        return MqttLink(
+            self.config,
+            self._events,
+            connections=self.connections,
+            offline_status=lambda n: self._status_payload("offline", n),
+        )
+
+    def _switch_link(self, online: bool) -> None:
+        if online == self._link_up:
+            return
+        self._link_up = online
+        if online:
+            # paho cannot restart a stopped loop cleanly: a new client resumes the session.
+            self._link = self._new_link()
+            self._link.start()
+            return
+        self._link.stop()
+        self.connected = False
+        self.sender.on_disconnected()
+        logger.info("network switched off; learning continues offline")
 
     def _on_connected(self, event: Connected) -> None:
         self.connections = event.connections
@@ -367,7 +394,8 @@ class DeviceDaemon:
             )
             if not said:
                 logger.warning("offline status not acknowledged before disconnect")
-        self._link.stop()
+        if self._link_up:
+            self._link.stop()
         self.connected = False
         self._notify()
         logger.info("stopped")

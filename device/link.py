@@ -32,6 +32,7 @@ __all__ = [
     "Connected",
     "Disconnected",
     "LinkEvent",
+    "LinkSwitch",
     "MqttLink",
     "Published",
     "Received",
@@ -96,8 +97,22 @@ class Wakeup:
     """Posted by another thread so that the daemon loop looks at its state now."""
 
 
+@dataclass(frozen=True, slots=True)
+class LinkSwitch:
+    """Posted by another thread to take the network away or give it back (simulations)."""
+
+    online: bool
+
+
 LinkEvent: TypeAlias = (
-    Connected | ConnectRefused | Disconnected | Received | Published | SubscribeRefused | Wakeup
+    Connected
+    | ConnectRefused
+    | Disconnected
+    | LinkSwitch
+    | Received
+    | Published
+    | SubscribeRefused
+    | Wakeup
 )
 
 

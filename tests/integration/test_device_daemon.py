@@ -271,3 +271,24 @@ def test_device_discards_update_the_broker_refuses(env: DeviceEnv) -> None:
     assert daemon.wait_until(partial(counted, want={"update_refused_by_broker": 1}), 10)
     assert len(daemon.outbox) == 0
     assert daemon.sender.in_flight == 0
+
+
+def test_device_learns_offline_and_delivers_after_the_link_returns(env: DeviceEnv) -> None:
+    """set_online(False) disconnects; training goes on into the outbox; on set_online(True)
+    the device reconnects (a new connection) and publishes what it made offline."""
+    aggregator = env.aggregator([env.update_topic])
+    aggregator.publish(env.model_topic, env.release(2), retain=True)
+    daemon = env.daemon({"outbox": {"inflight": 4}})
+    assert daemon.wait_until(lambda d: held_version(d) == 2 and d.connected, 10)
+    connections = daemon.connections
+    daemon.set_online(False)
+    assert daemon.wait_until(lambda d: not d.connected, 10)
+    daemon.observe(X[:6], np.arange(6) % 3)
+    assert daemon.wait_until(lambda d: len(d.outbox) == 1, 10)
+    with pytest.raises(queue.Empty):
+        aggregator.messages.get(timeout=0.5)
+    daemon.set_online(True)
+    update = ModelUpdate.decode(aggregator.expect(env.update_topic).payload)
+    assert (update.base_version, update.num_samples) == (2, 6)
+    assert daemon.connected
+    assert daemon.connections == connections + 1
