@@ -334,6 +334,7 @@ class DeviceDaemon:
             return
         if held is not None:
             self.db.bump("releases_accepted")
+            self.db.bump("release_bytes_received", len(payload))
             self._publish_status("online")
 
     def _apply_control(self, payload: bytes, *, persist: bool) -> None:

@@ -136,6 +136,7 @@ class UpdateSender:
             self._discard(update_id, "update_too_large", str(exc))
             return 0
         mid = self._publish(payload)
+        self._db.bump("update_bytes_sent", len(payload))
         self._flights[update_id] = _Flight(
             update_id=update_id, mid=mid, sent_at=now, attempts=attempts
         )

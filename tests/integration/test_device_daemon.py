@@ -277,7 +277,8 @@ def test_device_learns_offline_and_delivers_after_the_link_returns(env: DeviceEn
     """set_online(False) disconnects; training goes on into the outbox; on set_online(True)
     the device reconnects (a new connection) and publishes what it made offline."""
     aggregator = env.aggregator([env.update_topic])
-    aggregator.publish(env.model_topic, env.release(2), retain=True)
+    release = env.release(2)
+    aggregator.publish(env.model_topic, release, retain=True)
     daemon = env.daemon({"outbox": {"inflight": 4}})
     assert daemon.wait_until(lambda d: held_version(d) == 2 and d.connected, 10)
     connections = daemon.connections
@@ -288,7 +289,11 @@ def test_device_learns_offline_and_delivers_after_the_link_returns(env: DeviceEn
     with pytest.raises(queue.Empty):
         aggregator.messages.get(timeout=0.5)
     daemon.set_online(True)
-    update = ModelUpdate.decode(aggregator.expect(env.update_topic).payload)
+    payload = aggregator.expect(env.update_topic).payload
+    update = ModelUpdate.decode(payload)
     assert (update.base_version, update.num_samples) == (2, 6)
     assert daemon.connected
     assert daemon.connections == connections + 1
+    counters = daemon.db.counters()
+    assert counters["update_bytes_sent"] == len(payload)
+    assert counters["release_bytes_received"] == len(release)
