@@ -22,6 +22,7 @@ _COMMAND_MODULES = (
     "fedmq.broker_cli",
     "fedmq.device_cli",
     "fedmq.aggregator_cli",
+    "fedmq.demo",
     "fedmq.watch_cli",
 )
 """Each module exposes ``register(subparsers)``; listed in help order."""

