@@ -1,0 +1,133 @@
+"""The aiomqtt 2.x connection: persistent MQTT 5 session, manual PUBACK, batch draining.
+
+aiomqtt 2.x has no public manual-ack or non-blocking receive, so this module (and only this
+module) reaches into the client's paho instance and message queue (aiomqtt#345).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from types import TracebackType
+from typing import Self
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from aggregator.config import MqttSettings
+
+__all__ = ["MqttSession"]
+
+logger = logging.getLogger(__name__)
+
+
+def _payload_size(message: aiomqtt.Message) -> int:
+    payload = message.payload
+    return len(payload) if isinstance(payload, bytes | bytearray) else 0
+
+
+def _code_value(code: object) -> int:
+    value = getattr(code, "value", code)
+    return value if isinstance(value, int) else 0
+
+
+class MqttSession:
+    """One broker connection with a stable client id; reusable across reconnects.
+
+    ``clean_start=False`` plus a SessionExpiryInterval keep the broker-side session (its
+    subscriptions and every un-acked or queued update) across reconnects and restarts:
+    aiomqtt's default would start clean on every ``async with``. PUBACKs are sent by
+    ack() only, after the update is durable; ReceiveMaximum bounds un-acked deliveries.
+    """
+
+    def __init__(self, settings: MqttSettings) -> None:
+        """Build the client (needs a running event loop)."""
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = settings.session_expiry_s
+        properties.ReceiveMaximum = settings.receive_maximum
+        self.settings = settings
+        self.client = aiomqtt.Client(
+            settings.host,
+            settings.port,
+            username=settings.username,
+            password=settings.password,
+            identifier=settings.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,
+            properties=properties,
+            keepalive=settings.keepalive,
+            timeout=settings.publish_timeout_s,
+            max_inflight_messages=settings.max_inflight_out,
+            # Small packets (PUBACKs, Receipts) must not wait for Nagle's algorithm.
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+        )
+        self.client.pending_calls_threshold = 1 << 30
+        self._paho = self.client._client
+        self._paho.manual_ack_set(True)
+        self._queue: asyncio.Queue[aiomqtt.Message] = self.client._queue
+
+    async def __aenter__(self) -> Self:
+        """Connect; messages left from an earlier connection are dropped unacked (their
+        message ids belong to that connection; the broker redelivers them)."""
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        await self.client.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Disconnect (un-acked messages stay in the broker session)."""
+        await self.client.__aexit__(exc_type, exc, tb)
+
+    async def subscribe(self, topic: str) -> None:
+        """Subscribe at QoS 1; raise aiomqtt.MqttError if the broker refuses."""
+        codes = await self.client.subscribe(topic, qos=1)
+        if any(_code_value(code) >= 0x80 for code in codes or ()):
+            raise aiomqtt.MqttError(f"subscription to {topic} refused: {codes}")
+
+    async def next_message(self, stop: asyncio.Event) -> aiomqtt.Message | None:
+        """The next update message, or None once ``stop`` is set."""
+        if stop.is_set():
+            return None
+        if not self._queue.empty():
+            return self._queue.get_nowait()
+        receive = asyncio.ensure_future(anext(self.client.messages))
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            done, _ = await asyncio.wait({receive, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if receive in done:
+            return receive.result()
+        receive.cancel()
+        return None
+
+    def drain(self, max_messages: int, max_bytes: int) -> list[aiomqtt.Message]:
+        """Messages already queued, without waiting, within the batch limits."""
+        batch: list[aiomqtt.Message] = []
+        size = 0
+        while len(batch) < max_messages and size < max_bytes and not self._queue.empty():
+            message = self._queue.get_nowait()
+            batch.append(message)
+            size += _payload_size(message)
+        return batch
+
+    def ack(self, message: aiomqtt.Message) -> None:
+        """Send the PUBACK of a QoS 1 delivery (only once its update is durable)."""
+        if message.qos > 0:
+            self._paho.ack(message.mid, message.qos)
+
+    def publish_nowait(self, topic: str, payload: bytes) -> bool:
+        """Queue a QoS 1 publish without waiting for its PUBACK; False if not connected."""
+        info = self._paho.publish(topic, payload, qos=1)
+        return info.rc == 0
+
+    async def publish_retained(self, topic: str, payload: bytes) -> None:
+        """Publish retained at QoS 1 and wait for the broker's PUBACK."""
+        await self.client.publish(topic, payload, qos=1, retain=True)

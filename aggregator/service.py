@@ -1,0 +1,338 @@
+"""The aggregator service: MQTT reconnect loop, batched durable ingest, receipts, releases."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import aiomqtt
+
+from aggregator.config import AggregatorConfig, TaskSettings
+from aggregator.errors import AggregatorError
+from aggregator.ingest import (
+    UNKNOWN_UPDATE_ID,
+    Accepted,
+    IngestContext,
+    Rejected,
+    Verdict,
+    check_update,
+)
+from aggregator.keys import TaskKeys
+from aggregator.leader import Leader
+from aggregator.metrics import ServiceMetrics
+from aggregator.mqtt_session import MqttSession
+from aggregator.release import committed_state
+from aggregator.store import Store, StoreUnavailableError
+from serialization import (
+    DEFAULT_LIMITS,
+    Receipt,
+    SerializationError,
+    SigningKey,
+    model_topic,
+    parse_topic,
+    receipt_topic,
+    shared_update_subscription,
+)
+
+__all__ = ["AggregatorService", "TaskNotInitializedError"]
+
+logger = logging.getLogger(__name__)
+
+
+class TaskNotInitializedError(AggregatorError):
+    """A configured task has no model in Redis yet (run ``fedmq aggregator init``)."""
+
+    def __init__(self, task: str) -> None:
+        super().__init__(f"task {task!r} has no model; run: fedmq aggregator init --task {task}")
+        self.task = task
+
+
+@dataclass(kw_only=True, slots=True, eq=False)
+class _TaskRuntime:
+    settings: TaskSettings
+    keys: TaskKeys
+    context: IngestContext
+    release: tuple[int, bytes] | None = None
+    """The latest release this process must (re)publish: (version, payload)."""
+    published: int = 0
+    leader: Leader | None = field(default=None, repr=False)
+
+    def observe_version(self, version: int) -> None:
+        if version > self.context.version:
+            self.context = replace(self.context, version=version)
+
+
+class AggregatorService:
+    """Runs every configured task of one replica until stop() (or SIGTERM via the CLI)."""
+
+    def __init__(self, config: AggregatorConfig, signing_key: SigningKey) -> None:
+        """Prepare; connections are made in run()."""
+        self.config = config
+        self.metrics = ServiceMetrics()
+        self._key = signing_key
+        self._stop = asyncio.Event()
+        self._releases_pending = asyncio.Event()
+        self._tasks: dict[str, _TaskRuntime] = {}
+        self._store: Store | None = None
+        self.subscribed = asyncio.Event()
+        """Set once the update subscriptions of the first connection are in place."""
+
+    def stop(self) -> None:
+        """Finish the batch and commit in progress, then disconnect and return from run()."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Serve until stop(); raise TaskNotInitializedError for a task without a model."""
+        self._store = Store.from_url(self.config.redis_url)
+        try:
+            await self._load_tasks(self._store)
+            if self.config.metrics_port:
+                self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._mqtt_loop(self._store))
+                for runtime in self._tasks.values():
+                    if runtime.leader is not None:
+                        group.create_task(runtime.leader.run(self._stop))
+        finally:
+            self.metrics.close()
+            await self._store.aclose()
+
+    async def _load_tasks(self, store: Store) -> None:
+        backoff = self.config.mqtt.reconnect_min_s
+        while True:
+            try:
+                for settings in self.config.tasks:
+                    self._tasks[settings.name] = await self._load_task(store, settings)
+                return
+            except StoreUnavailableError as exc:
+                if self._stop.is_set():
+                    raise
+                logger.warning("redis unavailable at start (%s); retrying", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.config.mqtt.reconnect_max_s)
+
+    async def _load_task(self, store: Store, settings: TaskSettings) -> _TaskRuntime:
+        keys = TaskKeys.of(settings.name)
+        stored = await store.load(keys)
+        if stored is None:
+            raise TaskNotInitializedError(settings.name)
+        state = await asyncio.to_thread(
+            committed_state,
+            key=self._key,
+            release=stored.release,
+            optimizer=stored.optimizer,
+            opened_at=stored.opened_at,
+            updates_total=stored.updates_total,
+        )
+        context = IngestContext(
+            task=settings.name,
+            layout=state.model,
+            version=state.version,
+            admission=settings.strategy.build(state=None, opened_at=time.time()),
+            max_norm=settings.max_norm,
+            max_update_bytes=settings.max_update_bytes,
+            limits=DEFAULT_LIMITS,
+        )
+        runtime = _TaskRuntime(settings=settings, keys=keys, context=context)
+        runtime.leader = Leader(
+            task=settings,
+            store=store,
+            signing_key=self._key,
+            replica_id=self.config.replica_id,
+            settings=self.config.leader,
+            history=self.config.history,
+            dedupe_window_s=self.config.ingest.dedupe_window_s,
+            metrics=self.metrics,
+            on_release=self._queue_release,
+            on_version=runtime.observe_version,
+        )
+        self.metrics.model_version.labels(settings.name).set(state.version)
+        logger.info(
+            "task %s: loaded v%d (%s)", settings.name, state.version, settings.strategy.name
+        )
+        return runtime
+
+    def _queue_release(self, task: str, version: int, payload: bytes) -> None:
+        runtime = self._tasks[task]
+        if runtime.release is None or version >= runtime.release[0]:
+            runtime.release = (version, payload)
+            self._releases_pending.set()
+
+    async def _mqtt_loop(self, store: Store) -> None:
+        settings = self.config.mqtt
+        session = MqttSession(settings)
+        backoff = settings.reconnect_min_s
+        while not self._stop.is_set():
+            try:
+                async with session:
+                    logger.info(
+                        "connected to mqtt://%s:%d as %s",
+                        settings.host,
+                        settings.port,
+                        settings.client_id,
+                    )
+                    backoff = settings.reconnect_min_s
+                    for runtime in self._tasks.values():
+                        runtime.published = 0
+                        topic = shared_update_subscription(
+                            runtime.settings.name, root=settings.root, group=settings.share_group
+                        )
+                        await session.subscribe(topic)
+                    self.subscribed.set()
+                    self._releases_pending.set()
+                    async with asyncio.TaskGroup() as group:
+                        publisher = group.create_task(self._publish_releases(session))
+                        await self._consume(session, store)
+                        publisher.cancel()
+            except* aiomqtt.MqttError as errors:
+                logger.warning("mqtt connection lost: %s", errors.exceptions[0])
+            except* StoreUnavailableError as errors:
+                logger.warning("redis unavailable, updates left un-acked: %s", errors.exceptions[0])
+            if self._stop.is_set():
+                break
+            delay = backoff * random.uniform(0.5, 1.5)
+            await _sleep_unless(self._stop, delay)
+            backoff = min(backoff * 2, settings.reconnect_max_s)
+
+    async def _publish_releases(self, session: MqttSession) -> None:
+        while True:
+            await self._releases_pending.wait()
+            self._releases_pending.clear()
+            for runtime in self._tasks.values():
+                if runtime.release is None or runtime.release[0] <= runtime.published:
+                    continue
+                version, payload = runtime.release
+                await session.publish_retained(
+                    model_topic(runtime.settings.name, root=self.config.mqtt.root), payload
+                )
+                runtime.published = version
+
+    async def _consume(self, session: MqttSession, store: Store) -> None:
+        """Batch messages and ingest up to ``pipeline_depth`` batches at once, so checking
+        the next batch overlaps Redis storing the previous one."""
+        limits = self.config.ingest
+        slots = asyncio.Semaphore(limits.pipeline_depth)
+
+        async def ingest(batch: list[aiomqtt.Message]) -> None:
+            try:
+                await self._ingest(session, store, batch)
+            finally:
+                slots.release()
+
+        async with asyncio.TaskGroup() as group:
+            while True:
+                await slots.acquire()
+                first = await session.next_message(self._stop)
+                if first is None:
+                    slots.release()
+                    return
+                drained = session.drain(limits.batch_max_messages - 1, limits.batch_max_bytes)
+                group.create_task(ingest([first, *drained]))
+
+    async def _ingest(
+        self, session: MqttSession, store: Store, messages: Sequence[aiomqtt.Message]
+    ) -> None:
+        began = time.perf_counter()
+        size = sum(len(m.payload) for m in messages if isinstance(m.payload, bytes))
+        if size >= self.config.ingest.offload_bytes:
+            verdicts = await asyncio.to_thread(self._check_all, messages)
+        else:
+            verdicts = self._check_all(messages)
+        now = time.time()
+        statuses: dict[int, str] = {}
+        for name, runtime in self._tasks.items():
+            batch = [
+                (i, v)
+                for i, (task, v) in enumerate(verdicts)
+                if task == name and isinstance(v, Accepted)
+            ]
+            if not batch:
+                continue
+            version, ids = await store.ingest(runtime.keys, [v for _, v in batch], now)
+            runtime.observe_version(version)
+            for (i, stored), stream_id in zip(batch, ids, strict=True):
+                statuses[i] = "accepted" if stream_id is not None else "duplicate"
+                if stream_id is not None and stored.update is not None and runtime.leader:
+                    runtime.leader.remember(stored.update_id, stored.update)
+        for message in messages:
+            session.ack(message)
+        for i, (task, verdict) in enumerate(verdicts):
+            self._answer(session, task, verdict, statuses.get(i))
+        self.metrics.ingest_seconds.observe(time.perf_counter() - began)
+
+    def _check_all(self, messages: Sequence[aiomqtt.Message]) -> list[tuple[str, Verdict | None]]:
+        """Decode and validate every message (in a worker thread for big batches)."""
+        return [self._check(m) for m in messages]
+
+    def _check(self, message: aiomqtt.Message) -> tuple[str, Verdict | None]:
+        try:
+            parsed = parse_topic(message.topic.value, root=self.config.mqtt.root)
+        except SerializationError:
+            logger.warning("ignoring message on unexpected topic %r", message.topic.value)
+            return "", None
+        runtime = self._tasks.get(parsed.task)
+        if runtime is None or parsed.kind != "update" or parsed.device_id is None:
+            logger.warning("ignoring message on unexpected topic %r", message.topic.value)
+            return "", None
+        payload = message.payload if isinstance(message.payload, bytes) else b""
+        self.metrics.received.labels(parsed.task).inc()
+        self.metrics.bytes_in.labels(parsed.task).inc(len(payload))
+        try:
+            return parsed.task, check_update(runtime.context, parsed.device_id, payload)
+        except Exception as exc:
+            logger.exception(
+                "task %s: update from %s broke the checks", parsed.task, parsed.device_id
+            )
+            return parsed.task, Rejected(
+                device_id=parsed.device_id,
+                update_id=UNKNOWN_UPDATE_ID,
+                reason="malformed",
+                detail=type(exc).__name__,
+            )
+
+    def _answer(
+        self, session: MqttSession, task: str, verdict: Verdict | None, status: str | None
+    ) -> None:
+        if verdict is None:
+            return
+        runtime = self._tasks[task]
+        if isinstance(verdict, Rejected):
+            self.metrics.rejected.labels(task, verdict.reason).inc()
+            logger.warning(
+                "task %s: rejected update from %s: %s (%s)",
+                task,
+                verdict.device_id,
+                verdict.reason,
+                verdict.detail,
+            )
+            receipt = Receipt(
+                task=task,
+                device_id=verdict.device_id,
+                update_id=verdict.update_id,
+                status="rejected",
+                reason=verdict.reason,
+                model_version=runtime.context.version,
+            )
+        else:
+            duplicate = status == "duplicate"
+            (self.metrics.duplicates if duplicate else self.metrics.accepted).labels(task).inc()
+            receipt = Receipt(
+                task=task,
+                device_id=verdict.device_id,
+                update_id=verdict.update_id,
+                status="duplicate" if duplicate else "accepted",
+                model_version=runtime.context.version,
+            )
+        topic = receipt_topic(task, verdict.device_id, root=self.config.mqtt.root)
+        session.publish_nowait(topic, receipt.encode())
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        return

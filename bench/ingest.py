@@ -1,0 +1,377 @@
+"""Aggregator ingest against the raw broker: updates/s, release latency and peak RSS.
+
+(a) devices -> Mosquitto -> a bare paho subscriber that only counts; (b) the same devices
+-> Mosquitto -> ``fedmq aggregator run`` with durable Redis (AOF, appendfsync always) and
+Receipts. Both are paced alike: each device keeps at most WINDOW updates in flight (a:
+until the broker's PUBACK, b: until the Receipt, as the device outbox does). Broker and
+devices set TCP_NODELAY here: without it every small packet waits ~40 ms (Nagle).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from fedmq.local_servers import LocalServer, start_mosquitto, start_redis
+from serialization import (
+    Codec,
+    ModelRelease,
+    ModelUpdate,
+    Receipt,
+    SigningKey,
+    encode_delta,
+    model_topic,
+    new_update_id,
+    receipt_topic,
+    shared_update_subscription,
+    update_topic,
+)
+
+__all__ = ["main"]
+
+ROOT = Path(__file__).resolve().parent.parent
+TASK = "bench"
+DEVICES = 12
+PROCESSES = 2
+WINDOW = 8
+
+
+def _client(name: str, password: str, port: int) -> mqtt.Client:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv5)
+    client.username_pw_set(name, password)
+    client.max_inflight_messages_set(WINDOW)
+    client.connect("127.0.0.1", port, keepalive=120)
+    sock = client.socket()
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return client
+
+
+def _template(params: int) -> tuple[bytes, int]:
+    """An update payload of ``params`` float32 values and the offset of its update id."""
+    uid = new_update_id()
+    delta = np.random.default_rng(0).standard_normal(params).astype(np.float32) * 1e-3
+    payload = ModelUpdate(
+        task=TASK,
+        device_id="dev-00",
+        update_id=uid,
+        base_version=1,
+        num_samples=1,
+        codec="none",
+        tensors=encode_delta({"w": delta}, Codec()),
+    ).encode()
+    return payload, payload.index(uid)
+
+
+def _device_worker(
+    names: list[str],
+    *,
+    passwords: dict[str, str],
+    port: int,
+    params: int,
+    count: int,
+    receipts: bool,
+    start: Any,
+    results: Any,
+) -> None:
+    """Publish ``count`` updates from each device in ``names``, WINDOW in flight each."""
+    template, offset = _template(params)
+    done_at = [0.0]
+    accepted = [0]
+    lock = threading.Lock()
+    clients, outstanding = {}, {}
+    for name in names:
+        client = _client(name, passwords[name], port)
+        outstanding[name] = threading.Semaphore(WINDOW)
+        if receipts:
+
+            def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage, n: str = name) -> None:
+                if Receipt.decode(msg.payload).status in ("accepted", "duplicate"):
+                    with lock:
+                        accepted[0] += 1
+                        done_at[0] = time.time()
+                outstanding[n].release()
+
+            client.on_message = on_message
+            client.subscribe(receipt_topic(TASK, name), qos=1)
+        else:
+            client.on_publish = lambda *_a, n=name: outstanding[n].release()
+        client.loop_start()
+        clients[name] = client
+    time.sleep(0.5)
+    start.wait()
+    body = bytearray(template)
+    for _ in range(count):
+        for name, client in clients.items():
+            outstanding[name].acquire()
+            body[offset : offset + 16] = new_update_id()
+            payload = bytes(body).replace(b"dev-00", name.encode(), 1)
+            client.publish(update_topic(TASK, name), payload, qos=1)
+    deadline = time.time() + 120
+    while receipts and accepted[0] < count * len(names) and time.time() < deadline:
+        time.sleep(0.01)
+    results.put((accepted[0], done_at[0]))
+    for client in clients.values():
+        client.loop_stop()
+        client.disconnect()
+
+
+class Bench:
+    """Private broker and Redis, device accounts, and the aggregator process."""
+
+    def __init__(self, workdir: Path) -> None:
+        """Start Mosquitto and Redis in ``workdir``."""
+        self.workdir = workdir
+        self.names = [f"dev-{i:02d}" for i in range(DEVICES)]
+        self.passwords = {n: f"pw-{n}" for n in [*self.names, "aggregator", "watcher"]}
+        self.broker = start_mosquitto(workdir / "mosquitto", accounts=self.passwords)
+        # Small packets (PUBACKs, Receipts) otherwise wait ~40 ms on Nagle + delayed ACK.
+        conf = workdir / "mosquitto" / "mosquitto.conf"
+        conf.write_text(conf.read_text() + "set_tcp_nodelay true\n")
+        self.broker.stop()
+        self.broker.start()
+        self.redis: LocalServer | None = None
+        self.key = SigningKey.generate()
+        (workdir / "key.pem").write_bytes(self.key.to_pem())
+
+    def fresh_redis(self) -> str:
+        """A new Redis (AOF always) for one aggregator run."""
+        if self.redis is not None:
+            self.redis.stop()
+        self.redis = start_redis(self.workdir / f"redis-{time.monotonic_ns()}")
+        return f"redis://127.0.0.1:{self.redis.port}/0"
+
+    def aggregator(self, params: int, buffer_size: int) -> subprocess.Popen[bytes]:
+        """Init a model of ``params`` values and start ``fedmq aggregator run``."""
+        config = self.workdir / "aggregator.toml"
+        config.write_text(
+            f'replica_id = "aggregator"\nsigning_key = "{self.workdir / "key.pem"}"\n'
+            f'[mqtt]\nurl = "mqtt://aggregator:pw-aggregator@127.0.0.1:{self.broker.port}"\n'
+            f'[redis]\nurl = "{self.fresh_redis()}"\n'
+            f'[[tasks]]\nname = "{TASK}"\nbuffer_size = {buffer_size}\n'
+        )
+        fedmq = [sys.executable, "-m", "fedmq.cli", "--log-level", "INFO", "aggregator"]
+        subprocess.run(
+            [
+                *fedmq,
+                "init",
+                "--config",
+                str(config),
+                "--task",
+                TASK,
+                "--tensor",
+                f"w={params}",
+                "--force",
+            ],
+            check=True,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+        )
+        with (self.workdir / "aggregator.log").open("ab") as log:
+            process = subprocess.Popen(
+                [*fedmq, "run", "--config", str(config)], cwd=ROOT, stdout=log, stderr=log
+            )
+        watcher = _client("watcher", self.passwords["watcher"], self.broker.port)
+        got = threading.Event()
+        watcher.on_message = lambda *_a: got.set()
+        watcher.subscribe(model_topic(TASK), qos=1)
+        watcher.loop_start()
+        got.wait(30)
+        watcher.loop_stop()
+        watcher.disconnect()
+        time.sleep(0.5)
+        return process
+
+    def load(self, params: int, count: int, *, receipts: bool) -> tuple[float, float]:
+        """Run the device load; return (updates/s, seconds) from start to the last one."""
+        ctx = mp.get_context("fork")
+        start, results = ctx.Event(), ctx.Queue()
+        counter = _Counter(self.passwords["aggregator"], self.broker.port) if not receipts else None
+        groups = [self.names[i::PROCESSES] for i in range(PROCESSES)]
+        workers = [
+            ctx.Process(
+                target=_device_worker,
+                args=(g,),
+                kwargs={
+                    "passwords": self.passwords,
+                    "port": self.broker.port,
+                    "params": params,
+                    "count": count,
+                    "receipts": receipts,
+                    "start": start,
+                    "results": results,
+                },
+            )
+            for g in groups
+        ]
+        for worker in workers:
+            worker.start()
+        time.sleep(1.5)
+        began = time.time()
+        start.set()
+        reports = [results.get(timeout=300) for _ in workers]
+        for worker in workers:
+            worker.join(30)
+        total = count * len(self.names)
+        if counter is not None:
+            counter.wait(total)
+            finished, done = counter.last, counter.count
+        else:
+            finished, done = max(r[1] for r in reports), sum(r[0] for r in reports)
+        if done < total:
+            print(f"  warning: only {done}/{total} completed", file=sys.stderr)
+        return done / (finished - began), finished - began
+
+
+class _Counter:
+    """The bare subscriber of (a): counts deliveries, nothing else (auto-ack)."""
+
+    def __init__(self, password: str, port: int) -> None:
+        self.count = 0
+        self.last = 0.0
+        self.client = _client("aggregator", password, port)
+        self.client.on_message = self._on_message
+        self.client.subscribe(shared_update_subscription(TASK), qos=1)
+        self.client.loop_start()
+
+    def _on_message(self, *_args: Any) -> None:
+        self.count += 1
+        self.last = time.time()
+
+    def wait(self, total: int) -> None:
+        deadline = time.time() + 120
+        while self.count < total and time.time() < deadline:
+            time.sleep(0.01)
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def _peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def throughput(bench: Bench, params: int, count: int, runs: int) -> None:
+    """Print medians of (a), (b) and b/a for updates of ``params`` float32 values."""
+    raw, durable = [], []
+    for _ in range(runs):
+        raw.append(bench.load(params, count, receipts=False)[0])
+        process = bench.aggregator(params, buffer_size=10)
+        try:
+            durable.append(bench.load(params, count, receipts=True)[0])
+        finally:
+            process.terminate()
+            process.wait(30)
+    a, b = statistics.median(raw), statistics.median(durable)
+    size = params * 4 / 1024
+    print(
+        f"{params:>9} params ({size:7.1f} KiB): (a) broker->counter {a:8.0f}/s   "
+        f"(b) aggregator {b:8.0f}/s   b/a = {b / a:.2f}"
+    )
+    print(f"    runs (a): {[round(x) for x in raw]}  (b): {[round(x) for x in durable]}")
+
+
+def release_latency(bench: Bench, params: int, buffer_size: int, releases: int) -> None:
+    """p50/p99 from the K-th update's publish to the release arriving at a subscriber."""
+    process = bench.aggregator(params, buffer_size)
+    device = bench.names[0]
+    client = _client(device, bench.passwords[device], bench.broker.port)
+    events: dict[str, Any] = {"receipts": 0, "release": None}
+    got_release, got_receipt = threading.Event(), threading.Event()
+
+    def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic.endswith("/receipt"):
+            got_receipt.set()
+        else:
+            events["release"] = (time.perf_counter(), bytes(msg.payload))
+            got_release.set()
+
+    client.on_message = on_message
+    client.subscribe([(receipt_topic(TASK, device), 1), (model_topic(TASK), 1)])
+    client.loop_start()
+    template, offset = _template(params)
+    body = bytearray(template.replace(b"dev-00", device.encode(), 1))
+    latencies = []
+    try:
+        got_release.wait(30)
+        for version in range(1, releases + 1):
+            for i in range(buffer_size):
+                body[offset : offset + 16] = new_update_id()
+                body_bytes = bytes(body)
+                got_receipt.clear()
+                got_release.clear()
+                sent = time.perf_counter()
+                client.publish(update_topic(TASK, device), body_bytes, qos=1)
+                if i < buffer_size - 1:
+                    got_receipt.wait(30)
+            got_release.wait(30)
+            arrived, payload = events["release"]
+            if ModelRelease.decode(payload, bench.key.verify_key).version == version + 1:
+                latencies.append((arrived - sent) * 1000)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+        process.terminate()
+        process.wait(30)
+    latencies.sort()
+    p50 = statistics.median(latencies)
+    p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+    print(
+        f"release latency, {params} params, K={buffer_size}: p50 {p50:.1f} ms"
+        f"  p99 {p99:.1f} ms  ({len(latencies)} releases; goal p50 <= 25 ms)"
+    )
+
+
+def peak_rss(bench: Bench, params: int, buffer_size: int, count: int) -> int:
+    """Aggregator VmHWM (KiB) after ``count`` updates per device with buffer ``buffer_size``."""
+    process = bench.aggregator(params, buffer_size)
+    try:
+        bench.load(params, count, receipts=True)
+        return _peak_rss_kib(process.pid)
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run every measurement; --quick for a smoke run."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    scale = 0.2 if args.quick else 1.0
+    with tempfile.TemporaryDirectory(prefix="fedmq-bench-") as tmp:
+        bench = Bench(Path(tmp))
+        try:
+            print(f"{DEVICES} device connections in {PROCESSES} processes, window {WINDOW}")
+            throughput(bench, 100_000, int(60 * scale) or 2, args.runs)
+            throughput(bench, 650, int(600 * scale) or 10, args.runs)
+            release_latency(bench, 1_000_000, 10, int(20 * scale) or 3)
+            small, large = (peak_rss(bench, 100_000, k, int(40 * scale) or 10) for k in (10, 100))
+            print(
+                f"aggregator peak RSS, 100k params: K=10 {small / 1024:.0f} MiB, "
+                f"K=100 {large / 1024:.0f} MiB (ratio {large / small:.2f})"
+            )
+        finally:
+            bench.broker.stop()
+            if bench.redis is not None:
+                bench.redis.stop()
+
+
+if __name__ == "__main__":
+    main()
