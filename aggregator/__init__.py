@@ -18,6 +18,7 @@ from aggregator.errors import (
     UpdateRejectedError,
     VersionMismatchError,
 )
+from aggregator.keys import TaskKeys
 from aggregator.privacy import DpConfig, add_gaussian_noise, private_mean
 from aggregator.robust import (
     AggregationRule,
@@ -56,7 +57,6 @@ from aggregator.strategies import (
     Strategy,
     Weighting,
 )
-from aggregator.keys import TaskKeys
 from aggregator.strategy_settings import StrategySettings
 from aggregator.tensors import Model, Tensors, global_norm
 from aggregator.validation import RejectReason, validate_delta

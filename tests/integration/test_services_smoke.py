@@ -16,9 +16,7 @@ pytestmark = pytest.mark.integration
 
 
 def _client(broker: Broker, username: str, password: str | None = None) -> mqtt.Client:
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id=username, protocol=mqtt.MQTTv5
-    )
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=username, protocol=mqtt.MQTTv5)
     client.username_pw_set(username, password or broker.passwords[username])
     return client
 
@@ -63,4 +61,3 @@ def test_redis_set_get(redis_url: str) -> None:
         assert client.dbsize() == 0
         client.set(b"k", b"\x00\x01")
         assert client.get(b"k") == b"\x00\x01"
-
