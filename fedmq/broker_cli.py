@@ -103,7 +103,11 @@ def _toml(value: str) -> str:
 
 
 def _credentials(args: argparse.Namespace, kind: AccountKind, secret: str) -> str:
-    """The account's client settings as TOML (the only place its secret is ever written)."""
+    """The account's client settings as TOML (the only place its secret is ever written).
+
+    A device gets a complete ``fedmq device run`` config; a service or subscriber gets the
+    ``[mqtt]`` table of its own config file.
+    """
     tls = kind is not AccountKind.SERVICE
     port = args.port or (_DEVICE_PORT if tls else _SERVICE_PORT)
     task = getattr(args, "task", None)
@@ -113,13 +117,26 @@ def _credentials(args: argparse.Namespace, kind: AccountKind, secret: str) -> st
     ]
     if args.host == _PLACEHOLDER_HOST or task == _PLACEHOLDER_TASK:
         lines.append("# Replace the placeholders (or pass --host/--task next time).")
+    if kind is AccountKind.DEVICE:
+        lines += [
+            "# Run it with: fedmq device run --config THIS_FILE (see device/README.md).",
+            f"device_id = {_toml(args.name)}",
+            f"task = {_toml(task or _PLACEHOLDER_TASK)}",
+            f"state_dir = {_toml(str(args.state_dir))}",
+            f"aggregator_key = {_toml(str(args.aggregator_key))}",
+            "",
+            "[broker]",
+            f"host = {_toml(args.host)}",
+            f"port = {port}",
+            f"password = {_toml(secret)}",
+            'tls_ca = "ca.crt"',
+        ]
+        return "\n".join(lines) + "\n"
     lines += ["[mqtt]", f"host = {_toml(args.host)}", f"port = {port}"]
     lines += [f"tls = {'true' if tls else 'false'}"]
     if tls:
         lines.append('ca_file = "ca.crt"')
     lines += [f"username = {_toml(args.name)}", f"password = {_toml(secret)}"]
-    if task is not None:
-        lines += ["", "[device]", f"device_id = {_toml(args.name)}", f"task = {_toml(task)}"]
     return "\n".join(lines) + "\n"
 
 
@@ -253,6 +270,14 @@ def register(subparsers: Subparsers) -> None:
         add.add_argument("name", metavar="ID" if kind is AccountKind.DEVICE else "NAME")
         if kind is AccountKind.DEVICE:
             add.add_argument("--task", default=_PLACEHOLDER_TASK, help="task to put in it")
+            add.add_argument(
+                "--state-dir", type=Path, default=Path("/var/lib/fedmq"),
+                help="the device's state directory to put in it (default /var/lib/fedmq)",
+            )  # fmt: skip
+            add.add_argument(
+                "--aggregator-key", type=Path, default=Path("aggregator.pub.pem"),
+                help="the release verify key (PEM) to put in it (default aggregator.pub.pem)",
+            )  # fmt: skip
         add.set_defaults(handler=_add(kind))
         remove = commands.add_parser(f"remove-{kind}", parents=[reload], help=f"revoke a {kind}")
         remove.add_argument("name", metavar="ID" if kind is AccountKind.DEVICE else "NAME")

@@ -11,12 +11,14 @@ import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
 from cryptography.x509 import DNSName, verification
 from cryptography.x509.oid import NameOID
 
+from device.config import DeviceConfig, load_config
 from fedmq.broker_files import SHIPPED_CONFIG_DIR, render_production_config
 from fedmq.cli import main
 from fedmq.local_servers import LocalServer, find_mosquitto, free_port
@@ -28,6 +30,22 @@ from tests.integration.test_acl import NOT_AUTHORIZED, TIMEOUT, Peer
 pytestmark = pytest.mark.integration
 
 REFUSED = (0x86, NOT_AUTHORIZED)
+
+
+def secret_of(credentials: str | dict[str, Any]) -> str:
+    """The password in the TOML that add-device (``[broker]``) or add-service/-subscriber
+    (``[mqtt]``) wrote."""
+    data = tomllib.loads(credentials) if isinstance(credentials, str) else credentials
+    table = data["broker"] if "broker" in data else data["mqtt"]
+    password: str = table["password"]
+    return password
+
+
+def device_config(directory: Path, credentials: str) -> DeviceConfig:
+    """The DeviceConfig that ``fedmq device run`` reads from add-device's output."""
+    path = directory / "device.toml"
+    path.write_text(credentials)
+    return load_config(path, environ={})
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -92,7 +110,7 @@ def _pid(broker: Broker) -> str:
 
 
 def test_broker_cli_add_device_logs_in_and_remove_revokes(
-    private_broker: Broker, capsys: pytest.CaptureFixture[str], task: str
+    private_broker: Broker, capsys: pytest.CaptureFixture[str], task: str, tmp_path: Path
 ) -> None:
     """The printed credentials log in and publish; remove-device + SIGHUP cuts them off."""
     config, pid = str(private_broker.server.workdir), _pid(private_broker)
@@ -101,11 +119,10 @@ def test_broker_cli_add_device_logs_in_and_remove_revokes(
         "--host", "127.0.0.1", "--port", str(private_broker.port), "--reload-pid", pid,
     )  # fmt: skip
     assert code == 0, err
-    credentials = tomllib.loads(out)
-    mqtt, device = credentials["mqtt"], credentials["device"]
-    assert (mqtt["username"], device["device_id"], device["task"]) == ("sensor-7",) * 2 + (task,)
-    assert (mqtt["host"], mqtt["port"]) == ("127.0.0.1", private_broker.port)
-    secret = mqtt["password"]
+    device = device_config(tmp_path, out)
+    assert (device.device_id, device.task) == ("sensor-7", task)
+    assert (device.broker.host, device.broker.port) == ("127.0.0.1", private_broker.port)
+    secret = device.broker.password
     assert secret not in err
     assert "sent SIGHUP" in err
     wait_for_login(private_broker.port, "sensor-7", secret, accepted=True)
@@ -138,7 +155,7 @@ def test_broker_cli_add_service_gets_the_aggregators_rights(
     )  # fmt: skip
     assert (code, out) == (0, ""), err
     assert out_file.stat().st_mode & 0o777 == 0o600
-    secret = tomllib.loads(out_file.read_text())["mqtt"]["password"]
+    secret = secret_of(out_file.read_text())
     wait_for_login(private_broker.port, "agg-2", secret, accepted=True)
     service, device = connected(private_broker, "agg-2", secret), connected(private_broker, "dev-a")
     service.subscribe(update_topic(task, "dev-a"))
@@ -162,7 +179,7 @@ def test_broker_cli_subscriber_reads_model_releases_only(
         "--reload-pid", _pid(private_broker),
     )  # fmt: skip
     assert code == 0, err
-    secret = tomllib.loads(out)["mqtt"]["password"]
+    secret = secret_of(out)
     wait_for_login(private_broker.port, "reader", secret, accepted=True)
     reader = connected(private_broker, "reader", secret)
     reader.subscribe(f"fl/v1/{task}/#")
@@ -259,7 +276,7 @@ def test_broker_cli_secret_never_reaches_logs(
         capsys, "--config-dir", str(config_dir), "add-device", "dev-1", "--out", str(out_file)
     )
     assert code == 0
-    secret = tomllib.loads(out_file.read_text())["mqtt"]["password"]
+    secret = secret_of(out_file.read_text())
     assert len(secret) == 43
     assert out_file.stat().st_mode & 0o777 == 0o600
     assert "dev-1" in caplog.text
@@ -270,13 +287,13 @@ def test_broker_cli_secret_never_reaches_logs(
     )
     assert code == 2
     assert "exists" in err
-    assert tomllib.loads(out_file.read_text())["mqtt"]["password"] == secret
+    assert secret_of(out_file.read_text()) == secret
     code, _, _ = run_cli(
         capsys, "--config-dir", str(config_dir), "add-device", "dev-1", "--rotate",
         "--out", str(out_file),
     )  # fmt: skip
     assert code == 0
-    rotated = tomllib.loads(out_file.read_text())["mqtt"]["password"]
+    rotated = secret_of(out_file.read_text())
     assert rotated != secret
     assert verify_password(rotated, PasswordFile(config_dir / "passwd").entries()["dev-1"])
 
@@ -381,21 +398,21 @@ def test_broker_tls_listener_with_password_devices(
     server = _start(config, service_port)
     try:
         tls = ssl.create_default_context(cafile=str(config / "certs" / "ca.crt"))
-        device = Peer(port, "d-1", device_secret["mqtt"]["password"], tls=tls)
-        aggregator = Peer(server.port, SERVICE_ACCOUNT, service_secret["mqtt"]["password"])
+        device = Peer(port, "d-1", secret_of(device_secret), tls=tls)
+        aggregator = Peer(server.port, SERVICE_ACCOUNT, secret_of(service_secret))
         assert (device.connect(), aggregator.connect()) == (0, 0)
         aggregator.subscribe(update_topic(task, "d-1"))
         assert device.publish(update_topic(task, "d-1"), b"over-tls") == 0
         assert aggregator.next_message().payload == b"over-tls"
         assert login(port, "d-1", "wrong", tls=tls) in REFUSED
-        intruder = Peer(port, "d-2", other_secret["mqtt"]["password"], client_id="d-1", tls=tls)
+        intruder = Peer(port, "d-2", secret_of(other_secret), client_id="d-1", tls=tls)
         assert intruder.connect() == 0
         assert intruder.publish(update_topic(task, "d-1"), b"forged") == NOT_AUTHORIZED
         assert device.connected
         assert device.publish(update_topic(task, "d-1"), b"still-d-1") == 0
         assert aggregator.next_message().payload == b"still-d-1"
         intruder.close()
-        service_password = service_secret["mqtt"]["password"]
+        service_password = secret_of(service_secret)
         admin = Peer(service_port, SERVICE_ACCOUNT, service_password, client_id="admin-1")
         assert admin.connect() == 0
         assert aggregator.publish(model_topic(task), b"release") in (0, 0x10)
@@ -427,7 +444,7 @@ def test_broker_tls_listener_with_client_certificates(
         tls = ssl.create_default_context(cafile=str(certs / "ca.crt"))
         tls.load_cert_chain(str(certs / "devices" / "d-1.crt"), str(certs / "devices" / "d-1.key"))
         device = Peer(port, None, None, tls=tls)
-        aggregator = Peer(server.port, SERVICE_ACCOUNT, service["mqtt"]["password"])
+        aggregator = Peer(server.port, SERVICE_ACCOUNT, secret_of(service))
         assert (device.connect(), aggregator.connect()) == (0, 0)
         aggregator.subscribe(f"fl/v1/{task}/dev/+/update")
         assert device.publish(update_topic(task, "d-2"), b"as-d-2") == NOT_AUTHORIZED
