@@ -6,9 +6,12 @@ import argparse
 import json
 import logging
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from fedmq.device_claim import ClaimError, claim_config
 
 if TYPE_CHECKING:
     from device.config import DeviceConfig
@@ -26,6 +29,11 @@ def register(subparsers: Subparsers) -> None:
     )
     actions = parser.add_subparsers(dest="device_action", metavar="ACTION", required=True)
     run = actions.add_parser("run", help="run the daemon until SIGTERM/SIGINT")
+    run.add_argument(
+        "--claim-dir",
+        type=Path,
+        help="with --config DIR: claim one of DIR's device configs here (scaled containers)",
+    )
     run.set_defaults(handler=_run)
     predict = actions.add_parser("predict", help="predict with the stored model (no broker needed)")
     predict.add_argument(
@@ -37,7 +45,13 @@ def register(subparsers: Subparsers) -> None:
     predict.set_defaults(handler=_predict)
     status = actions.add_parser("status", help="print the device's state as JSON")
     status.set_defaults(handler=_status)
-    for action in (run, predict, status):
+    run.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        help="device TOML file, or a directory of them with --claim-dir",
+    )
+    for action in (predict, status):
         action.add_argument("--config", type=Path, required=True, help="device TOML file")
 
 
@@ -62,7 +76,14 @@ def read_rows(text: str) -> list[list[float]]:
 def _config(args: argparse.Namespace) -> DeviceConfig:
     from device.config import load_config
 
-    return load_config(args.config)
+    path: Path = args.config
+    claim_dir: Path | None = getattr(args, "claim_dir", None)
+    if path.is_dir():
+        if claim_dir is None:
+            raise ClaimError(f"--config {path} is a directory: add --claim-dir")
+        path = claim_config(path, claim_dir, socket.gethostname())
+        print(f"fedmq device run: claimed {path.name}", file=sys.stderr)
+    return load_config(path)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -71,7 +92,7 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         daemon = DeviceDaemon(_config(args))
-    except (DeviceError, OSError) as exc:
+    except (DeviceError, OSError, ClaimError) as exc:
         print(f"fedmq device run: {exc}", file=sys.stderr)
         return 2
     for signum in (signal.SIGTERM, signal.SIGINT):
