@@ -105,8 +105,8 @@ def _toml(value: str) -> str:
 def _credentials(args: argparse.Namespace, kind: AccountKind, secret: str) -> str:
     """The account's client settings as TOML (the only place its secret is ever written).
 
-    A device gets a complete ``fedmq device run`` config; a service or subscriber gets the
-    ``[mqtt]`` table of its own config file.
+    A device gets a complete ``fedmq device run`` config; a service gets the ``[mqtt]`` table
+    of an aggregator.toml; a subscriber gets its connection settings.
     """
     tls = kind is not AccountKind.SERVICE
     port = args.port or (_DEVICE_PORT if tls else _SERVICE_PORT)
@@ -133,9 +133,8 @@ def _credentials(args: argparse.Namespace, kind: AccountKind, secret: str) -> st
         ]
         return "\n".join(lines) + "\n"
     lines += ["[mqtt]", f"host = {_toml(args.host)}", f"port = {port}"]
-    lines += [f"tls = {'true' if tls else 'false'}"]
     if tls:
-        lines.append('ca_file = "ca.crt"')
+        lines += ["tls = true", 'ca_file = "ca.crt"']
     lines += [f"username = {_toml(args.name)}", f"password = {_toml(secret)}"]
     return "\n".join(lines) + "\n"
 

@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.x509 import DNSName, verification
 from cryptography.x509.oid import NameOID
 
+from aggregator.config import load_config as load_aggregator_config
 from device.config import DeviceConfig, load_config
 from fedmq.broker_files import SHIPPED_CONFIG_DIR, render_production_config
 from fedmq.cli import main
@@ -156,6 +157,8 @@ def test_broker_cli_add_service_gets_the_aggregators_rights(
     assert (code, out) == (0, ""), err
     assert out_file.stat().st_mode & 0o777 == 0o600
     secret = secret_of(out_file.read_text())
+    mqtt = load_aggregator_config(out_file, environ={}).mqtt
+    assert (mqtt.username, mqtt.password) == ("agg-2", secret)
     wait_for_login(private_broker.port, "agg-2", secret, accepted=True)
     service, device = connected(private_broker, "agg-2", secret), connected(private_broker, "dev-a")
     service.subscribe(update_topic(task, "dev-a"))
