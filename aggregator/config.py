@@ -8,7 +8,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from aggregator.errors import InvalidConfigError
@@ -18,9 +18,11 @@ from serialization.topics import SHARED_GROUP
 
 __all__ = [
     "ENV_VARIABLES",
+    "MQTT_PROTOCOLS",
     "AggregatorConfig",
     "IngestSettings",
     "LeaderSettings",
+    "MqttProtocol",
     "MqttSettings",
     "TaskSettings",
     "load_config",
@@ -29,12 +31,16 @@ __all__ = [
 ENV_VARIABLES: Mapping[str, str] = {
     "FL_MQTT_URL": "mqtt://user[:password]@host:port of the broker (overrides [mqtt] url)",
     "FL_MQTT_PASSWORD": "MQTT password (overrides the URL's and [mqtt] password)",
+    "FL_MQTT_PROTOCOL": 'MQTT version, "5" or "3.1.1" (overrides [mqtt] protocol)',
     "FL_REDIS_URL": "redis://[:password@]host:port/db (overrides [redis] url)",
     "FL_REPLICA_ID": "stable id of this replica: MQTT client id and lease owner",
     "FL_SIGNING_KEY": "path of the Ed25519 release signing key (PEM)",
     "FL_METRICS_PORT": "port of the Prometheus endpoint (0 disables it)",
 }
 """Every environment variable the aggregator reads, with its meaning (README table)."""
+
+MqttProtocol = Literal["5", "3.1.1"]
+MQTT_PROTOCOLS: tuple[MqttProtocol, ...] = ("5", "3.1.1")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -47,6 +53,8 @@ class MqttSettings:
     password: str | None = field(default=None, repr=False)
     client_id: str = "agg-0"
     """Stable per replica: the broker keeps this client's persistent session."""
+    protocol: MqttProtocol = "5"
+    """"3.1.1" for a broker without MQTT 5: one replica only, no shared subscription."""
     keepalive: int = 60
     session_expiry_s: int = 86_400
     receive_maximum: int = 64
@@ -62,6 +70,8 @@ class MqttSettings:
     def __post_init__(self) -> None:
         """Reject values the broker or the protocol cannot take."""
         _require("mqtt.port", self.port, 0 < self.port < 65536, "must be a TCP port")
+        protocol_ok = self.protocol in MQTT_PROTOCOLS
+        _require("mqtt.protocol", self.protocol, protocol_ok, f"must be one of {MQTT_PROTOCOLS}")
         receive_ok = 0 < self.receive_maximum < 65536
         _require("mqtt.receive_maximum", self.receive_maximum, receive_ok, "must be in 1..65535")
         # A session that expires at once would drop every update queued while we restart.
@@ -257,6 +267,8 @@ def load_config(
         mqtt = {**mqtt, **_mqtt_from_url(url)}
     if "FL_MQTT_PASSWORD" in env:
         mqtt["password"] = env["FL_MQTT_PASSWORD"]
+    if "FL_MQTT_PROTOCOL" in env:
+        mqtt["protocol"] = env["FL_MQTT_PROTOCOL"]
     replica_id = env.get("FL_REPLICA_ID") or data.get("replica_id", "agg-0")
     mqtt.setdefault("client_id", replica_id)
     redis_url = env.get("FL_REDIS_URL") or _table(data, "redis").get(

@@ -1,4 +1,4 @@
-"""The aiomqtt 2.x connection: persistent MQTT 5 session, manual PUBACK, batch draining.
+"""The aiomqtt 2.x connection: persistent MQTT 5 (or 3.1.1) session, manual PUBACK, batching.
 
 aiomqtt 2.x has no public manual-ack or non-blocking receive, so this module (and only this
 module) reaches into the client's paho instance and message queue (aiomqtt#345).
@@ -13,10 +13,12 @@ from types import TracebackType
 from typing import Self
 
 import aiomqtt
+from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from aggregator.config import MqttSettings
+from serialization import shared_update_subscription, validate_identifier
 
 __all__ = ["MqttSession"]
 
@@ -40,22 +42,33 @@ class MqttSession:
     subscriptions and every un-acked or queued update) across reconnects and restarts:
     aiomqtt's default would start clean on every ``async with``. PUBACKs are sent by
     ack() only, after the update is durable; ReceiveMaximum bounds un-acked deliveries.
+    With MQTT 3.1.1, ``clean_session=False`` keeps the session for as long as the broker
+    chooses, and there is neither ReceiveMaximum nor a shared subscription.
     """
 
     def __init__(self, settings: MqttSettings) -> None:
         """Build the client (needs a running event loop)."""
-        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        properties.SessionExpiryInterval = settings.session_expiry_s
-        properties.ReceiveMaximum = settings.receive_maximum
         self.settings = settings
+        v5 = settings.protocol == "5"
+        properties = None
+        if v5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = settings.session_expiry_s
+            properties.ReceiveMaximum = settings.receive_maximum
+        else:
+            logger.info(
+                "MQTT 3.1.1: no shared subscription, so every replica would receive every "
+                "update; run a single aggregator replica against this broker"
+            )
         self.client = aiomqtt.Client(
             settings.host,
             settings.port,
             username=settings.username,
             password=settings.password,
             identifier=settings.client_id,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            clean_start=False,
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+            clean_session=None if v5 else False,
+            clean_start=False if v5 else MQTT_CLEAN_START_FIRST_ONLY,
             properties=properties,
             keepalive=settings.keepalive,
             timeout=settings.publish_timeout_s,
@@ -84,6 +97,15 @@ class MqttSession:
     ) -> None:
         """Disconnect (un-acked messages stay in the broker session)."""
         await self.client.__aexit__(exc_type, exc, tb)
+
+    def update_filter(self, task: str) -> str:
+        """The filter to receive ``task``'s updates: the replicas' shared subscription on
+        MQTT 5, every device's update topic directly on 3.1.1 (which has no ``$share``)."""
+        if self.settings.protocol == "5":
+            return shared_update_subscription(
+                task, root=self.settings.root, group=self.settings.share_group
+            )
+        return f"{self.settings.root}/{validate_identifier(task, 'task')}/dev/+/update"
 
     async def subscribe(self, topic: str) -> None:
         """Subscribe at QoS 1; raise aiomqtt.MqttError if the broker refuses."""

@@ -35,7 +35,6 @@ from serialization import (
     model_topic,
     parse_topic,
     receipt_topic,
-    shared_update_subscription,
 )
 
 __all__ = ["AggregatorService", "TaskNotInitializedError"]
@@ -178,10 +177,7 @@ class AggregatorService:
                     backoff = settings.reconnect_min_s
                     for runtime in self._tasks.values():
                         runtime.published = 0
-                        topic = shared_update_subscription(
-                            runtime.settings.name, root=settings.root, group=settings.share_group
-                        )
-                        await session.subscribe(topic)
+                        await session.subscribe(session.update_filter(runtime.settings.name))
                     self.subscribed.set()
                     self._releases_pending.set()
                     async with asyncio.TaskGroup() as group:

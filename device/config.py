@@ -10,7 +10,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from device.errors import ConfigError, DeviceError
 from device.training import TrainingConfig
@@ -19,15 +19,23 @@ from serialization.topics import validate_identifier
 
 __all__ = [
     "ENV_PREFIX",
+    "MQTT_VERSIONS",
+    "TRAINING_TRIGGERS",
     "BrokerSettings",
     "DeviceConfig",
+    "MqttVersion",
     "OutboxSettings",
     "SampleSettings",
     "TrainingSettings",
+    "TrainingTrigger",
     "load_config",
 ]
 
 ENV_PREFIX = "FL_"
+MqttVersion = Literal["5", "3.1.1"]
+MQTT_VERSIONS: tuple[MqttVersion, ...] = ("5", "3.1.1")
+TrainingTrigger = Literal["samples", "model"]
+TRAINING_TRIGGERS: tuple[TrainingTrigger, ...] = ("samples", "model")
 _SECRET_KEYS = frozenset({"broker.password"})
 
 
@@ -49,6 +57,8 @@ class BrokerSettings:
     """CA bundle that signs the broker certificate; setting it turns TLS on."""
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    mqtt_version: MqttVersion = "5"
+    """"3.1.1" for a broker without MQTT 5 (see device/README.md for what it loses)."""
     keepalive: int = 60
     session_expiry: int = 7 * 24 * 3600
     """MQTT 5 SessionExpiryInterval (s): how long the broker keeps receipts for us offline."""
@@ -63,6 +73,14 @@ class BrokerSettings:
         _require("broker.keepalive", 5 <= self.keepalive <= 65535, "in 5..65535 s")
         _require("broker.session_expiry", 0 <= self.session_expiry < 2**32, "a 32-bit count")
         _require("broker.will_delay", 0 <= self.will_delay < 2**32, "a 32-bit count")
+        _require(
+            "broker.mqtt_version", self.mqtt_version in MQTT_VERSIONS, f"one of {MQTT_VERSIONS}"
+        )
+        _require(
+            "broker.will_delay",
+            self.will_delay == 0 or self.mqtt_version == "5",
+            "0 with mqtt_version 3.1.1 (a will delay is an MQTT 5 property)",
+        )
         _require("broker.reconnect_min", self.reconnect_min > 0, "> 0")
         _require("broker.reconnect_max", self.reconnect_min <= self.reconnect_max, ">= min")
         _require(
@@ -84,8 +102,18 @@ class TrainingSettings:
     """Train once this many samples arrived since the last round."""
     interval: float = 0.0
     """Also train every ``interval`` seconds if any new sample arrived (0: off)."""
+    trigger: TrainingTrigger = "samples"
+    """``samples``: the two rules above; ``model``: once per newly held model version, on
+    all stored samples, as soon as there is at least one (the sync FedAvg protocol)."""
+    seed: int | None = None
+    """None: shuffle from OS entropy. An int makes rounds reproducible: the update from
+    model version v shuffles with ``default_rng(1000 * (v - 1) + seed)``."""
 
     def __post_init__(self) -> None:
+        _require(
+            "training.trigger", self.trigger in TRAINING_TRIGGERS, f"one of {TRAINING_TRIGGERS}"
+        )
+        _require("training.seed", self.seed is None or self.seed >= 0, "None or an int >= 0")
         try:
             TrainingConfig(
                 epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, prox_mu=self.prox_mu

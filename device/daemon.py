@@ -376,10 +376,10 @@ class DeviceDaemon:
 
     def _maybe_train(self, now: float) -> None:
         held = self.models.held
-        if held is None or not self.trainer.due(self.pace, now):
+        if held is None or not self.trainer.due(self.pace, now, held_version=held.version):
             return
         if self._rng.random() >= self.pace.participation:
-            self.trainer.skip(now)
+            self.trainer.skip(now, held_version=held.version)
             self.db.bump("rounds_skipped")
             logger.info("training round skipped (participation %.2f)", self.pace.participation)
             return

@@ -1,4 +1,4 @@
-"""The MQTT 5 link (paho-mqtt 2.x): persistent session, last will, jittered reconnects.
+"""The MQTT link (paho-mqtt 2.x, MQTT 5 or 3.1.1): persistent session, will, jittered reconnects.
 
 paho runs its network loop in its own thread; every callback only turns what happened
 into a ``LinkEvent`` on a queue that the daemon thread consumes, so no state is touched
@@ -78,7 +78,10 @@ class Received:
 
 @dataclass(frozen=True, slots=True)
 class Published:
-    """The PUBACK of our QoS 1 publish ``mid``; ``reason_code`` >= 0x80 is a refusal."""
+    """The PUBACK of our QoS 1 publish ``mid``; ``reason_code`` >= 0x80 is a refusal.
+
+    MQTT 3.1.1 has no reason codes: paho reports every 3.1.1 PUBACK as 0 (success).
+    """
 
     mid: int
     reason_code: int
@@ -123,9 +126,10 @@ def _drop_not_connected(record: logging.LogRecord) -> bool:
 
 
 class MqttLink:
-    """One paho client for one device: MQTT 5, username = client id = device id.
+    """One paho client for one device: username = client id = device id.
 
-    The session survives disconnects (clean_start False, SessionExpiryInterval), the will
+    The session survives disconnects (MQTT 5: clean_start False and SessionExpiryInterval;
+    3.1.1: clean_session False, the broker decides when it expires), the will
     is a retained offline DeviceStatus built fresh before every connect, and reconnects
     wait ``Backoff`` delays (full jitter) instead of paho's deterministic doubling.
     """
@@ -144,11 +148,13 @@ class MqttLink:
         self._attempt = connections + 1
         self._offline_status = offline_status
         broker = config.broker
+        self._v5 = broker.mqtt_version == "5"
         self._backoff = Backoff(broker.reconnect_min, broker.reconnect_max)
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=config.device_id,
-            protocol=mqtt.MQTTv5,
+            protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311,
+            clean_session=None if self._v5 else False,
             reconnect_on_failure=True,
             manual_ack=True,
         )
@@ -179,16 +185,20 @@ class MqttLink:
 
     def start(self) -> None:
         """Begin connecting in paho's thread; a broker that is down is retried forever."""
-        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        properties.SessionExpiryInterval = self._config.broker.session_expiry
+        broker = self._config.broker
         self._set_delay(self._backoff.next_delay())
-        self._client.connect_async(
-            self._config.broker.host,
-            self._config.broker.port,
-            keepalive=self._config.broker.keepalive,
-            clean_start=False,
-            properties=properties,
-        )
+        if self._v5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = broker.session_expiry
+            self._client.connect_async(
+                broker.host,
+                broker.port,
+                keepalive=broker.keepalive,
+                clean_start=False,
+                properties=properties,
+            )
+        else:
+            self._client.connect_async(broker.host, broker.port, keepalive=broker.keepalive)
         self._client.loop_start()
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> int:
@@ -210,7 +220,14 @@ class MqttLink:
         return info.is_published()
 
     def subscribe(self, topics: list[tuple[str, int]]) -> None:
-        """Subscribe QoS 1 to each (topic, MQTT 5 retain handling 0|1|2)."""
+        """Subscribe QoS 1 to each (topic, MQTT 5 retain handling 0|1|2).
+
+        MQTT 3.1.1 has no retain handling: the broker sends the retained message again on
+        every subscribe, and the daemon ignores a release it already holds.
+        """
+        if not self._v5:
+            self._client.subscribe([(topic, 1) for topic, _ in topics])
+            return
         self._client.subscribe(
             [(topic, SubscribeOptions(qos=1, retainHandling=rh)) for topic, rh in topics]
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from dataclasses import dataclass
 
@@ -23,6 +24,8 @@ from serialization import ModelUpdate, SerializationError, new_update_id
 __all__ = ["BuiltUpdate", "Trainer", "build_update"]
 
 logger = logging.getLogger(__name__)
+
+_TRAINED_VERSION = "training.trained_version"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True, eq=False)
@@ -96,8 +99,17 @@ class Trainer:
         self._rng = rng
         self.last_round = time.monotonic()
 
-    def due(self, pace: Pace, now: float) -> bool:
-        """Enough new samples, or the interval passed with at least one new sample."""
+    @property
+    def trained_version(self) -> int:
+        """The model version of the last round (run, skipped or failed); 0 before any."""
+        return int(self._db.get(_TRAINED_VERSION, 0))
+
+    def due(self, pace: Pace, now: float, *, held_version: int = 0) -> bool:
+        """Trigger ``samples``: enough new samples, or the interval passed with at least one
+        new sample. Trigger ``model``: ``held_version`` has not been trained on yet and at
+        least one sample is stored."""
+        if pace.training.trigger == "model":
+            return held_version > self.trained_version and self._samples.newest_id() > 0
         new = self._samples.new_since_training()
         if new >= pace.training.min_new_samples:
             return True
@@ -107,14 +119,32 @@ class Trainer:
     def next_interval_deadline(self, pace: Pace) -> float:
         """When the time trigger fires next (inf when it is off)."""
         interval = pace.training.interval
+        if pace.training.trigger == "model":
+            return float("inf")
         return self.last_round + interval if interval > 0 else float("inf")
 
-    def skip(self, now: float) -> None:
+    def skip(self, now: float, *, held_version: int = 0) -> None:
         """Consume the trigger without training (participation said no)."""
         newest = self._samples.newest_id()
         with self._db.transaction() as conn:
             self._samples.mark_trained(conn, newest)
+            self._mark_version(conn, held_version)
         self.last_round = now
+
+    def round_rng(self, pace: Pace, base_version: int) -> np.random.Generator:
+        """The shuffling generator of a round from ``base_version``: the daemon's own, or
+        ``default_rng(1000 * (base_version - 1) + seed)`` when ``training.seed`` is set."""
+        seed = pace.training.seed
+        if seed is None:
+            return self._rng
+        return np.random.default_rng(1000 * (base_version - 1) + seed)
+
+    def _mark_version(self, conn: sqlite3.Connection, version: int) -> None:
+        if version > 0:
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                (_TRAINED_VERSION, version),
+            )
 
     def run_round(self, held: HeldModel, pace: Pace, now: float) -> list[bytes]:
         """Train, encode and queue one update; return the update ids the outbox dropped.
@@ -129,7 +159,7 @@ class Trainer:
             logger.info("training skips %d samples with labels >= n_classes", (~in_range).sum())
             x, y = x[in_range], y[in_range]
         if y.shape[0] == 0:
-            self.skip(now)
+            self.skip(now, held_version=held.version)
             return []
         started = time.perf_counter()
         try:
@@ -140,13 +170,13 @@ class Trainer:
                 pace=pace,
                 residual=self._residuals.load(),
                 device_id=self._device_id,
-                rng=self._rng,
+                rng=self.round_rng(pace, held.version),
             )
             self._outbox.check_size(built.payload)
         except (DeviceError, SerializationError) as exc:
             self._db.bump(f"training_failed_{exc.reason}")
             logger.warning("training round from model v%d failed: %s", held.version, exc)
-            self.skip(now)
+            self.skip(now, held_version=held.version)
             return []
         update = built.update
         with self._db.transaction() as conn:
@@ -160,6 +190,7 @@ class Trainer:
             )
             self._residuals.save_in(conn, built.residual)
             self._samples.mark_trained(conn, upto)
+            self._mark_version(conn, held.version)
         self._db.bump("updates_built")
         logger.info(
             "update %s from model v%d: %d samples, loss %.4f, %s codec, %d bytes, %.3f s",

@@ -139,10 +139,18 @@ class DemoStack:
 
 
 def _aggregator_toml(
-    *, broker_port: int, redis_url: str, key_path: Path, task: str, strategy: str, buffer_size: int
+    *,
+    broker_port: int,
+    redis_url: str,
+    key_path: Path,
+    task: str,
+    strategy: str,
+    buffer_size: int,
+    deadline_s: float | None,
 ) -> str:
+    deadline = "" if deadline_s is None else f"deadline_s = {float(deadline_s)!r}\n"
     strategy_lines = (
-        'strategy = "fedavg"\ndeadline_s = 30.0\nmin_updates = 1\n'
+        f'strategy = "fedavg"\n{deadline}min_updates = 1\n'
         if strategy == "fedavg"
         else (
             'strategy = "fedbuff"\nmax_staleness = 50\n'
@@ -167,9 +175,11 @@ def start_stack(
     task: str,
     strategy: str,
     buffer_size: int,
+    deadline_s: float | None = 30.0,
 ) -> DemoStack:
     """Start the broker (``accounts`` + the aggregator provisioned), Redis, keys and an
-    initialised aggregator; the caller starts the aggregator process when it is ready."""
+    initialised aggregator; the caller starts the aggregator process when it is ready.
+    ``deadline_s`` closes a FedAvg round short of ``buffer_size`` (None: never)."""
     passwords = {name: secrets.token_urlsafe(24) for name in (AGGREGATOR_ACCOUNT, *accounts)}
     broker = start_mosquitto(workdir / "broker", accounts=passwords)
     redis_server: LocalServer | None = None
@@ -198,6 +208,7 @@ def start_stack(
                 task=task,
                 strategy=strategy,
                 buffer_size=buffer_size,
+                deadline_s=deadline_s,
             )
         )
     except BaseException:
