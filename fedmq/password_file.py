@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import secrets
-import stat
-import tempfile
 from pathlib import Path
+
+from fedmq.atomic_file import replace_file
 
 __all__ = [
     "MOSQUITTO_ITERATIONS",
@@ -57,33 +56,7 @@ def write_private_file(path: Path, text: str) -> None:
     still read it after a reload; a new file is 0600 and owned by the caller. If the owner
     cannot be kept, the old file stays in place and PermissionError is raised.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        previous: os.stat_result | None = path.stat()
-    except FileNotFoundError:
-        previous = None
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            mode = _PRIVATE_MODE
-            if previous is not None:
-                mode = stat.S_IMODE(previous.st_mode) & 0o660 or _PRIVATE_MODE
-                current = os.fstat(handle.fileno())
-                if (current.st_uid, current.st_gid) != (previous.st_uid, previous.st_gid):
-                    os.fchown(handle.fileno(), previous.st_uid, previous.st_gid)
-            os.fchmod(handle.fileno(), mode)
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    replace_file(path, text.encode(), mode=_PRIVATE_MODE, keep_owner=True)
 
 
 class PasswordFile:

@@ -6,8 +6,6 @@ import datetime
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import zipfile
 from collections import Counter
 from collections.abc import Mapping
@@ -20,6 +18,7 @@ from numpy.typing import NDArray
 
 from device.errors import DeviceError
 from device.models import predict, spec_from_params
+from fedmq.atomic_file import replace_file
 from serialization import ModelRelease, SerializationError, VerifyKey, validate_identifier
 
 __all__ = [
@@ -127,25 +126,6 @@ def _timestamp(seconds: float) -> str:
     except (OverflowError, OSError, ValueError):
         return repr(seconds)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fchmod(handle.fileno(), 0o644)
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 class ReleaseWatcher:
@@ -260,7 +240,7 @@ class ReleaseWatcher:
         path = self._path(self.save_dir, version)
         try:
             if not (path.exists() and path.read_bytes() == payload):
-                _write_atomically(path, payload)
+                replace_file(path, payload, mode=0o644)
         except OSError as exc:
             warnings.append(f"WARNING cannot save version {version} to {path}: {exc}")
             return None
