@@ -19,26 +19,17 @@ Handler: TypeAlias = Callable[[argparse.Namespace], int]
 
 
 _COMMAND_MODULES = (
-    "fedmq.broker_cli",
+    "fedmq.demo",
     "fedmq.device_cli",
     "fedmq.aggregator_cli",
-    "fedmq.demo",
+    "fedmq.broker_cli",
     "fedmq.watch_cli",
 )
 """Each module exposes ``register(subparsers)``; listed in help order."""
 
 
 def _registrars() -> list[Callable[[Subparsers], None]]:
-    registrars = []
-    for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        registrars.append(module.register)
-    return registrars
+    return [importlib.import_module(name).register for name in _COMMAND_MODULES]
 
 
 def build_parser() -> argparse.ArgumentParser:
