@@ -34,7 +34,8 @@ def register(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "demo",
         help="run the whole loop here: broker, Redis, aggregator, device fleet, evaluator",
-        description="Starts Mosquitto, Redis, one aggregator and N device daemons in a temp "
+        description="Starts a broker (Mosquitto from PATH, else an embedded amqtt broker "
+        "speaking MQTT 3.1.1), Redis, one aggregator and N device daemons in a temp "
         "dir, feeds each device its share of the digits data over time, and writes "
         "report.json and accuracy.png. Exits 0 once a release reaches --target-accuracy.",
     )
@@ -43,6 +44,10 @@ def register(subparsers: Subparsers) -> None:
     parser.add_argument("--target-accuracy", type=float, default=0.92, help="stop here (0.92)")
     parser.add_argument("--out", type=Path, default=Path("fedmq-demo"), help="report directory")
     parser.add_argument("--redis-url", help="use this Redis instead of starting one")
+    parser.add_argument(
+        "--broker", choices=["auto", "mosquitto", "embedded"], default="auto",
+        help="auto (default): mosquitto from PATH if present, else the embedded amqtt broker",
+    )  # fmt: skip
     parser.add_argument("--strategy", choices=["fedbuff", "fedavg"], default="fedbuff")
     parser.add_argument("--buffer-size", type=int, default=5, help="FedBuff K (5)")
     parser.add_argument(
@@ -70,7 +75,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from fedmq.local_servers import ServerStartError
 
     try:
-        choice = choose_servers(args.redis_url)
+        choice = choose_servers(args.redis_url, args.broker)
     except ServerStartError as exc:
         print(f"fedmq demo: {exc}")
         return 1
@@ -121,6 +126,7 @@ def _run_in(workdir: Path, args: argparse.Namespace, choice: StackChoice) -> int
             "data": "sklearn digits, 80/20 stratified split, Dirichlet(0.5) over devices",
         },
         servers={"broker": choice.broker, "broker_reason": choice.broker_reason,
+                 "mqtt_version": choice.mqtt_version,
                  "redis": choice.redis, "redis_reason": choice.redis_reason},
         target_accuracy=args.target_accuracy,
     )  # fmt: skip
@@ -138,11 +144,13 @@ def _run_in(workdir: Path, args: argparse.Namespace, choice: StackChoice) -> int
             host="127.0.0.1", port=stack.broker.port, username=EVALUATOR_ACCOUNT,
             password=stack.passwords[EVALUATOR_ACCOUNT], task=TASK,
             verify_key=stack.signing_key.verify_key, x=split.x_test, y=split.y_test,
+            mqtt_version=stack.mqtt_version,
         )  # fmt: skip
         evaluator.start()
         fleet = Fleet(
             names=names, shares=[(split.x_train[i], split.y_train[i]) for i in shares],
-            passwords=stack.passwords, broker_port=stack.broker.port, task=TASK,
+            passwords=stack.passwords, broker_port=stack.broker.port,
+            mqtt_version=stack.mqtt_version, task=TASK,
             verify_key_path=stack.verify_key_path, state_root=workdir / "devices",
             settings=settings,
         )  # fmt: skip

@@ -9,7 +9,13 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from device.config import BrokerSettings, DeviceConfig, SampleSettings, TrainingSettings
+from device.config import (
+    BrokerSettings,
+    DeviceConfig,
+    MqttVersion,
+    SampleSettings,
+    TrainingSettings,
+)
 from device.daemon import DeviceDaemon
 from serialization import Codec
 
@@ -84,6 +90,7 @@ class Fleet:
         shares: list[tuple[NDArray[np.float32], NDArray[np.int64]]],
         passwords: dict[str, str],
         broker_port: int,
+        mqtt_version: MqttVersion = "5",
         task: str,
         verify_key_path: Path,
         state_root: Path,
@@ -101,6 +108,7 @@ class Fleet:
                 aggregator_key=verify_key_path,
                 broker=BrokerSettings(
                     port=broker_port,
+                    mqtt_version=mqtt_version,
                     password=passwords[name],
                     reconnect_min=0.2,
                     reconnect_max=2.0,

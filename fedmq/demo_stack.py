@@ -8,10 +8,13 @@ import secrets
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from importlib.util import find_spec
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import redis
 
+from device.config import MqttVersion
 from fedmq.local_servers import (
     LocalServer,
     ServerStartError,
@@ -22,11 +25,25 @@ from fedmq.local_servers import (
 )
 from serialization import SigningKey
 
-__all__ = ["AGGREGATOR_ACCOUNT", "DemoStack", "StackChoice", "choose_servers", "start_stack"]
+if TYPE_CHECKING:
+    from fedmq.embedded_broker import RunningBroker
+
+__all__ = [
+    "AGGREGATOR_ACCOUNT",
+    "BROKER_CHOICES",
+    "BrokerChoice",
+    "DemoStack",
+    "StackChoice",
+    "choose_servers",
+    "start_stack",
+]
 
 logger = logging.getLogger(__name__)
 
 AGGREGATOR_ACCOUNT = "aggregator"
+BrokerChoice = Literal["auto", "mosquitto", "embedded"]
+BROKER_CHOICES: tuple[BrokerChoice, ...] = ("auto", "mosquitto", "embedded")
+EMBEDDED = "amqtt"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -38,22 +55,39 @@ class StackChoice:
     redis: str
     redis_reason: str
     redis_url: str | None = None
+    mqtt_version: MqttVersion = "5"
+    """What every client of the broker speaks: "3.1.1" for the embedded amqtt broker."""
 
 
-def choose_servers(redis_url: str | None) -> StackChoice:
-    """Mosquitto from PATH; Redis from ``redis_url``, else redis-server, else embedded Valkey."""
-    mosquitto = find_mosquitto()
-    if mosquitto is None:
+def _choose_broker(wanted: BrokerChoice) -> tuple[str, str, MqttVersion]:
+    """(broker, reason, MQTT version): Mosquitto from PATH, else the embedded amqtt broker."""
+    mosquitto = find_mosquitto() if wanted != "embedded" else None
+    if mosquitto is not None:
+        reason = f"mosquitto found at {mosquitto}; started from broker_config/mosquitto.dev.conf"
+        return "mosquitto", reason, "5"
+    if wanted == "mosquitto":
         raise ServerStartError(
-            "Mosquitto is not installed (Debian/Ubuntu: apt-get install -y mosquitto). "
-            "The embedded amqtt broker speaks MQTT 3.1.1 only, and fedmq's device and "
-            "aggregator clients use MQTT 5 (session expiry, shared subscriptions, reason codes)."
+            "--broker mosquitto: mosquitto not found on PATH "
+            "(Debian/Ubuntu: apt-get install -y mosquitto)"
         )
-    broker_reason = f"mosquitto found at {mosquitto}; started from broker_config/mosquitto.dev.conf"
+    if find_spec("amqtt") is None:
+        raise ServerStartError(
+            "no MQTT broker: mosquitto not found on PATH and the amqtt package is missing "
+            "(apt-get install -y mosquitto, or pip install 'fedmq[demo]')"
+        )
+    why = "--broker embedded" if wanted == "embedded" else "mosquitto not found on PATH"
+    return EMBEDDED, f"{why}; embedded amqtt broker (MQTT 3.1.1)", "3.1.1"
+
+
+def choose_servers(redis_url: str | None, broker: BrokerChoice = "auto") -> StackChoice:
+    """The broker (``auto``: Mosquitto from PATH, else embedded amqtt) and Redis (``redis_url``,
+    else redis-server, else embedded Valkey), each with the reason it was chosen."""
+    broker_name, broker_reason, mqtt_version = _choose_broker(broker)
     if redis_url:
         return StackChoice(
-            broker="mosquitto",
+            broker=broker_name,
             broker_reason=broker_reason,
+            mqtt_version=mqtt_version,
             redis="external",
             redis_reason=f"--redis-url {redact(redis_url)} was given",
             redis_url=redis_url,
@@ -65,8 +99,9 @@ def choose_servers(redis_url: str | None) -> StackChoice:
         )
     binary, origin = found
     return StackChoice(
-        broker="mosquitto",
+        broker=broker_name,
         broker_reason=broker_reason,
+        mqtt_version=mqtt_version,
         redis="redis-server" if "PATH" in origin else "valkey (embedded)",
         redis_reason=f"no --redis-url; {origin} ({binary})",
     )
@@ -86,7 +121,9 @@ class DemoStack:
     """Everything the demo started outside its own process; ``close()`` stops it all."""
 
     workdir: Path
-    broker: LocalServer
+    broker: RunningBroker
+    mqtt_version: MqttVersion = "5"
+    """What the broker speaks; devices, evaluator and aggregator connect with it."""
     redis_url: str
     redis: LocalServer | None
     passwords: dict[str, str] = field(repr=False)
@@ -141,6 +178,7 @@ class DemoStack:
 def _aggregator_toml(
     *,
     broker_port: int,
+    mqtt_version: MqttVersion,
     redis_url: str,
     key_path: Path,
     task: str,
@@ -160,7 +198,8 @@ def _aggregator_toml(
     )
     return (
         f'replica_id = "demo-agg"\nsigning_key = "{key_path}"\nhistory = 5\nmetrics_port = 0\n\n'
-        f'[mqtt]\nurl = "mqtt://{AGGREGATOR_ACCOUNT}@127.0.0.1:{broker_port}"\n\n'
+        f'[mqtt]\nurl = "mqtt://{AGGREGATOR_ACCOUNT}@127.0.0.1:{broker_port}"\n'
+        f'protocol = "{mqtt_version}"\n\n'
         f'[redis]\nurl = "{redis_url}"\n\n'
         f'[[tasks]]\nname = "{task}"\nbuffer_size = {buffer_size}\nmax_norm = 1000.0\n'
         f"{strategy_lines}"
@@ -181,7 +220,7 @@ def start_stack(
     initialised aggregator; the caller starts the aggregator process when it is ready.
     ``deadline_s`` closes a FedAvg round short of ``buffer_size`` (None: never)."""
     passwords = {name: secrets.token_urlsafe(24) for name in (AGGREGATOR_ACCOUNT, *accounts)}
-    broker = start_mosquitto(workdir / "broker", accounts=passwords)
+    broker = _start_broker(workdir / "broker", choice, passwords)
     redis_server: LocalServer | None = None
     try:
         if choice.redis_url is not None:
@@ -203,6 +242,7 @@ def start_stack(
         config.write_text(
             _aggregator_toml(
                 broker_port=broker.port,
+                mqtt_version=choice.mqtt_version,
                 redis_url=redis_url,
                 key_path=key_path,
                 task=task,
@@ -219,6 +259,7 @@ def start_stack(
     return DemoStack(
         workdir=workdir,
         broker=broker,
+        mqtt_version=choice.mqtt_version,
         redis_url=redis_url,
         redis=redis_server,
         passwords=passwords,
@@ -226,3 +267,11 @@ def start_stack(
         verify_key_path=verify_path,
         aggregator_config=config,
     )
+
+
+def _start_broker(workdir: Path, choice: StackChoice, passwords: dict[str, str]) -> RunningBroker:
+    if choice.broker == EMBEDDED:
+        from fedmq.embedded_broker import start_embedded_broker
+
+        return start_embedded_broker(workdir, accounts=passwords)
+    return start_mosquitto(workdir, accounts=passwords)

@@ -13,6 +13,7 @@ import paho.mqtt.client as mqtt
 from numpy.typing import NDArray
 from paho.mqtt.enums import CallbackAPIVersion
 
+from device.config import MqttVersion
 from fedmq.watch import Dataset, ReleaseWatcher
 from serialization import VerifyKey, model_topic
 
@@ -35,7 +36,8 @@ class ScoredRelease:
 
 class ReleaseEvaluator:
     """Subscribes to a task's retained model topic with its own account, verifies each
-    release (ReleaseWatcher) and records its accuracy on ``x``/``y``."""
+    release (ReleaseWatcher) and records its accuracy on ``x``/``y``; ``mqtt_version``
+    "3.1.1" for a broker without MQTT 5 (the embedded one)."""
 
     def __init__(
         self,
@@ -48,6 +50,7 @@ class ReleaseEvaluator:
         verify_key: VerifyKey,
         x: NDArray[np.float32],
         y: NDArray[np.int64],
+        mqtt_version: MqttVersion = "5",
     ) -> None:
         self._watcher = ReleaseWatcher(
             task=task,
@@ -60,7 +63,9 @@ class ReleaseEvaluator:
         self.refused = 0
         self._started = time.monotonic()
         self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=username, protocol=mqtt.MQTTv5
+            CallbackAPIVersion.VERSION2,
+            client_id=username,
+            protocol=mqtt.MQTTv5 if mqtt_version == "5" else mqtt.MQTTv311,
         )
         self._client.username_pw_set(username, password)
         self._client.on_connect = lambda c, _u, _f, rc, _p: (
