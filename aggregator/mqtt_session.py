@@ -153,3 +153,9 @@ class MqttSession:
     async def publish_retained(self, topic: str, payload: bytes) -> None:
         """Publish retained at QoS 1 and wait for the broker's PUBACK."""
         await self.client.publish(topic, payload, qos=1, retain=True)
+        # aiomqtt waits with asyncio.wait_for, which on Python 3.11 returns the result and
+        # drops a cancellation that arrives in the same loop turn as the PUBACK; the caller
+        # would then wait forever. Honour such a cancellation here.
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError
