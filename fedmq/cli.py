@@ -24,6 +24,7 @@ _COMMAND_MODULES = (
     "fedmq.aggregator_cli",
     "fedmq.broker_cli",
     "fedmq.watch_cli",
+    "fedmq.bench_cli",
 )
 """Each module exposes ``register(subparsers)``; listed in help order."""
 
