@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -125,6 +126,13 @@ def _drop_not_connected(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith("Client is not connected")
 
 
+def _send_without_delay(_client: mqtt.Client, _userdata: Any, sock: Any) -> None:
+    # Receipts and PUBACKs are small: without TCP_NODELAY, Nagle's algorithm holds them back
+    # for tens of milliseconds on every round trip.
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class MqttLink:
     """One paho client for one device: username = client id = device id.
 
@@ -180,6 +188,7 @@ class MqttLink:
         client.on_message = self._on_message
         client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
+        client.on_socket_open = _send_without_delay
         self._client = client
         self.status_topic = status_topic(config.task, config.device_id, root=config.topic_root)
 
