@@ -26,7 +26,8 @@ from fedmq.local_servers import LocalServer, find_mosquitto, free_port
 from fedmq.password_file import PasswordFile, verify_password
 from serialization.topics import control_topic, model_topic, update_topic
 from tests.conftest import SERVICE_ACCOUNT, Broker, launch_broker
-from tests.integration.test_acl import NOT_AUTHORIZED, TIMEOUT, Peer
+from tests.integration.mqtt_peer import TIMEOUT, Peer
+from tests.integration.test_acl import NOT_AUTHORIZED
 
 pytestmark = pytest.mark.integration
 

@@ -13,9 +13,7 @@ from pathlib import Path
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.enums import MQTTProtocolVersion
 
 from fedmq.cli import main
 from fedmq.embedded_broker import EmbeddedBroker, RunningBroker, start_embedded_broker
@@ -23,6 +21,7 @@ from fedmq.local_servers import ServerStartError
 from serialization import ModelRelease, SigningKey
 from serialization.topics import model_topic, status_topic, update_topic
 from tests.conftest import Broker
+from tests.integration.mqtt_peer import TIMEOUT, Peer
 from tests.integration.test_acl import (
     ACCOUNTS,
     READERS,
@@ -33,115 +32,14 @@ from tests.integration.test_acl import (
 
 pytestmark = pytest.mark.integration
 
-TIMEOUT = 5.0
-"""Upper bound for anything that should happen; only a failing test waits this long."""
+V311 = MQTTProtocolVersion.MQTTv311
+
 QUIET = 0.3
 """How long to wait for a message that must not come, where no sentinel can bound it."""
 NOT_AUTHORIZED = 0x87
 BAD_CREDENTIALS = 0x86
 UNSUPPORTED_PROTOCOL_VERSION = 0x84
 ACCOUNT_NAMES = ("aggregator", "dev-a", "dev-b", "dev-c")
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Received:
-    """One delivered message."""
-
-    topic: str
-    payload: bytes
-    retain: bool
-
-
-class Peer:
-    """A paho client (MQTT 3.1.1 unless told) whose callbacks feed queues."""
-
-    def __init__(
-        self,
-        port: int,
-        username: str | None,
-        password: str | None,
-        *,
-        client_id: str | None = None,
-        protocol: MQTTProtocolVersion = MQTTProtocolVersion.MQTTv311,
-    ) -> None:
-        self.name = username or "<anonymous>"
-        self.port = port
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id if client_id is not None else (username or ""),
-            protocol=protocol,
-            reconnect_on_failure=False,
-        )
-        if username is not None:
-            self.client.username_pw_set(username, password)
-        self.messages: queue.Queue[Received] = queue.Queue()
-        self.connacks: queue.Queue[int] = queue.Queue()
-        self.subacks: queue.Queue[list[int]] = queue.Queue()
-        self.disconnects: queue.Queue[int] = queue.Queue()
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = self._on_subscribe
-        self.client.on_disconnect = self._on_disconnect
-
-    def _on_connect(
-        self, _c: mqtt.Client, _u: object, _f: object, rc: ReasonCode, _p: Properties | None
-    ) -> None:
-        self.connacks.put(rc.value)
-
-    def _on_message(self, _c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
-        self.messages.put(
-            Received(topic=message.topic, payload=bytes(message.payload), retain=message.retain)
-        )
-
-    def _on_subscribe(
-        self, _c: mqtt.Client, _u: object, _m: int, codes: list[ReasonCode], _p: Properties | None
-    ) -> None:
-        self.subacks.put([code.value for code in codes])
-
-    def _on_disconnect(
-        self, _c: mqtt.Client, _u: object, _f: object, rc: ReasonCode, _p: Properties | None
-    ) -> None:
-        self.disconnects.put(rc.value)
-
-    def connect(self) -> int:
-        """Connect and return the CONNACK code (0 = accepted)."""
-        self.client.connect("127.0.0.1", self.port, keepalive=30)
-        self.client.loop_start()
-        try:
-            code = self.connacks.get(timeout=TIMEOUT)
-        except queue.Empty:
-            pytest.fail(f"no CONNACK for {self.name!r}")
-        if code != 0:
-            self.client.loop_stop()
-        return code
-
-    def subscribe(self, *filters: str) -> list[int]:
-        """Subscribe with QoS 1; return the SUBACK codes."""
-        self.client.subscribe([(f, 1) for f in filters])
-        return self.subacks.get(timeout=TIMEOUT)
-
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        """Publish with QoS 1 and wait for the PUBACK."""
-        info = self.client.publish(topic, payload, qos=1, retain=retain)
-        info.wait_for_publish(TIMEOUT)
-        assert info.is_published()
-
-    def received_before(self, sentinel: bytes) -> list[Received]:
-        """Everything delivered before ``sentinel``; fails if the sentinel does not come."""
-        seen: list[Received] = []
-        while True:
-            try:
-                message = self.messages.get(timeout=TIMEOUT)
-            except queue.Empty:
-                pytest.fail(f"sentinel {sentinel!r} never reached {self.name!r}")
-            if message.payload == sentinel:
-                return seen
-            seen.append(message)
-
-    def close(self) -> None:
-        """Disconnect cleanly and stop the network thread."""
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 @dataclass(kw_only=True)
@@ -153,7 +51,9 @@ class Embedded:
 
     def peer(self, username: str, *, client_id: str | None = None) -> Peer:
         """A connected 3.1.1 Peer of a provisioned account."""
-        peer = Peer(self.broker.port, username, self.passwords[username], client_id=client_id)
+        peer = Peer(
+            self.broker.port, username, self.passwords[username], client_id=client_id, protocol=V311
+        )
         assert peer.connect() == 0
         return peer
 
@@ -224,7 +124,7 @@ def test_embedded_broker_refuses_anonymous_unknown_and_wrong_passwords(
     embedded: Embedded, fleet: Fleet, username: str | None, password: str | None
 ) -> None:
     """No login without the account's password; the real dev-b keeps working."""
-    peer = Peer(embedded.broker.port, username, password)
+    peer = Peer(embedded.broker.port, username, password, protocol=V311)
     assert peer.connect() in (BAD_CREDENTIALS, NOT_AUTHORIZED)
     payload = b"still-b-" + secrets.token_hex(4).encode()
     fleet.peers["dev-b"].publish(topic_of("update_b", fleet.task), payload)
@@ -359,7 +259,9 @@ def test_embedded_broker_keeps_a_session_from_logins_of_others(
     try:
         assert victim.subscribe(f"fl/v1/{task}/dev/+/update") == [1]
         password = embedded.passwords[username] if password_ok else "wrong"
-        intruder = Peer(embedded.broker.port, username, password, client_id="agg-replica-1")
+        intruder = Peer(
+            embedded.broker.port, username, password, client_id="agg-replica-1", protocol=V311
+        )
         assert intruder.connect() == NOT_AUTHORIZED
         device = embedded.peer("dev-a")
         device.publish(update_topic(task, "dev-a"), b"update-after-attack")
