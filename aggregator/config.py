@@ -96,7 +96,8 @@ class IngestSettings:
     pipeline_depth: int = 2
     """Batches being stored at once (checking one overlaps Redis storing another)."""
     offload_bytes: int = 256 * 1024
-    """Decode and validate a batch in a worker thread once it holds this many bytes."""
+    """A batch of at least this many bytes is decoded, validated and written to Redis in a
+    worker thread (smaller ones stay on the event loop, where a thread hop costs more)."""
     dedupe_window_s: float = 14 * 86_400.0
     """How long an accepted update id is remembered; keep it above the device outbox age."""
 

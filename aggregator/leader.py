@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,7 +17,13 @@ from aggregator.metrics import ServiceMetrics
 from aggregator.recent import RecentUpdates
 from aggregator.release import committed_state, release_metadata, sign_release
 from aggregator.state import CommittedState, carried_metadata, pack_optimizer_state
-from aggregator.store import CommitRequest, Store, StoreUnavailableError, StreamEntry
+from aggregator.store import (
+    CommitOutcome,
+    CommitRequest,
+    Store,
+    StoreUnavailableError,
+    StreamEntry,
+)
 from aggregator.strategies.base import DeviceUpdate, Strategy
 from aggregator.strategies.fedavg import FedAvg
 from serialization import ModelUpdate, SerializationError, SigningKey
@@ -24,6 +31,9 @@ from serialization import ModelUpdate, SerializationError, SigningKey
 __all__ = ["Leader", "ReleaseSink"]
 
 logger = logging.getLogger(__name__)
+
+_FILING_WAIT_S = 0.5
+"""How long the fold waits for in-flight ingests before reading a payload back."""
 
 ReleaseSink = Callable[[str, int, bytes], None]
 """Called with (task, version, signed payload) for every release this leader must publish."""
@@ -78,10 +88,17 @@ class Leader:
         self._round: _Round | None = None
         self._lease_renewed = 0.0
         self._recent = RecentUpdates(recent_bytes)
+        self._recent_lock = threading.Lock()
+        self._filing = 0
+        self._filed = asyncio.Event()
+        """remember() runs in ingest worker threads, take() and clear() on the event loop."""
 
     def remember(self, update_id: bytes, update: DeviceUpdate) -> None:
-        """Keep a just-stored update for the fold, if this replica is the leader."""
-        if self._round is not None:
+        """Keep a just-stored update for the fold, if this replica is the leader and there
+        is room (called from ingest worker threads)."""
+        if self._round is None:
+            return
+        with self._recent_lock:
             self._recent.put(update_id, update)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -123,7 +140,8 @@ class Leader:
         elif self._round is not None:
             logger.info("task %s: lease lost to another replica", self._task.name)
             self._round = None
-            self._recent.clear()
+            with self._recent_lock:
+                self._recent.clear()
         return held
 
     async def _rebuild(self) -> _Round:
@@ -166,7 +184,7 @@ class Leader:
                 self._round = None
             return
         current.cursor = entries[-1].stream_id
-        prepared = [self._recent.take(e.update_id) for e in entries]
+        prepared = await self._prepared(entries)
         missing = [e.update_id for e, u in zip(entries, prepared, strict=True) if u is None]
         fetched = dict(zip(missing, await self._store.payloads(self._keys, missing), strict=True))
         start = 0
@@ -177,6 +195,38 @@ class Leader:
             self._metrics.buffer_fill.labels(self._task.name).set(current.strategy.pending)
             if current.strategy.pending and current.strategy.ready(time.time()):
                 await self._release(current)
+
+    async def _prepared(self, entries: Sequence[StreamEntry]) -> list[DeviceUpdate | None]:
+        """The decoded updates of ``entries`` this replica remembered (None: read it back).
+
+        Redis answers our ingest and the leader's stream read in the same pass, so an entry
+        of ours may be read just before its ingest thread has remembered it: while ingests
+        are in flight, wait for them (bounded) rather than read 4 MB back and decode it.
+        """
+        with self._recent_lock:
+            prepared = [self._recent.take(e.update_id) for e in entries]
+        deadline = time.monotonic() + _FILING_WAIT_S
+        while self._filing and any(u is None for u in prepared):
+            self._filed.clear()
+            try:
+                await asyncio.wait_for(self._filed.wait(), deadline - time.monotonic())
+            except TimeoutError:
+                break
+            with self._recent_lock:
+                prepared = [
+                    u if u is not None else self._recent.take(e.update_id)
+                    for e, u in zip(entries, prepared, strict=True)
+                ]
+        return prepared
+
+    def filing(self) -> None:
+        """An ingest of this replica started (event loop)."""
+        self._filing += 1
+
+    def filed(self) -> None:
+        """An ingest of this replica ended, stored or failed (event loop)."""
+        self._filing -= 1
+        self._filed.set()
 
     def _fold(
         self,
@@ -259,10 +309,20 @@ class Leader:
         )
         return new_state, request
 
+    def _step_and_commit(
+        self, current: _Round, now: float
+    ) -> tuple[CommittedState, CommitRequest, CommitOutcome, str]:
+        """Step, sign and commit in one worker-thread hop (the release never passes through
+        the event loop on its way to Redis)."""
+        new_state, request = self._step(current, now)
+        outcome, detail = self._store.commit_blocking(self._keys, request)
+        return new_state, request, outcome, detail
+
     async def _release(self, current: _Round) -> None:
         began = time.perf_counter()
-        new_state, request = await asyncio.to_thread(self._step, current, time.time())
-        outcome, detail = await self._store.commit(self._keys, request)
+        new_state, request, outcome, detail = await asyncio.to_thread(
+            self._step_and_commit, current, time.time()
+        )
         task = self._task.name
         if outcome != "ok":
             logger.warning(

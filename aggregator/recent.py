@@ -13,8 +13,10 @@ class RecentUpdates:
     """Decoded updates this replica stored and has not folded yet, by update id.
 
     The leader takes them from here instead of reading and decoding the payload from
-    Redis again. Bounded by bytes (oldest dropped first); a miss only costs a Redis read,
-    so memory stays O(bound) whatever the buffer size K. Used from the event loop only.
+    Redis again. Bounded by bytes (new entries are refused when full); a miss only costs a
+    Redis read,
+    so memory stays O(bound) whatever the buffer size K. Not thread-safe: the leader guards
+    it with its lock.
     """
 
     def __init__(self, max_bytes: int) -> None:
@@ -23,16 +25,19 @@ class RecentUpdates:
         self._bytes = 0
         self._items: OrderedDict[bytes, tuple[DeviceUpdate, int]] = OrderedDict()
 
-    def put(self, update_id: bytes, update: DeviceUpdate) -> None:
-        """Remember ``update`` (dropping the oldest entries beyond the bound)."""
+    def put(self, update_id: bytes, update: DeviceUpdate) -> bool:
+        """Remember ``update`` unless that would pass the bound; return whether it was kept.
+
+        When the fold lags behind ingest the cache fills up; the fold consumes the oldest
+        updates first, so it is the newest that must wait in Redis (evicting the oldest
+        would make every later read a miss).
+        """
         size = sum(array.nbytes for array in update.delta.values())
-        if size > self._max_bytes:
-            return
+        if self._bytes + size > self._max_bytes:
+            return False
         self._items[update_id] = (update, size)
         self._bytes += size
-        while self._bytes > self._max_bytes:
-            _, (_, dropped) = self._items.popitem(last=False)
-            self._bytes -= dropped
+        return True
 
     def take(self, update_id: bytes) -> DeviceUpdate | None:
         """Remove and return the update, or None if it is not here."""

@@ -65,6 +65,17 @@ class _TaskRuntime:
             self.context = replace(self.context, version=version)
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Filed:
+    """What storing the accepted updates of one task in a batch returned."""
+
+    version: int
+    batch: list[tuple[int, Accepted]]
+    """(index in the batch, update) of every accepted update of the task."""
+    stream_ids: list[str | None]
+    """Per update of ``batch``: its new stream id, or None for a duplicate."""
+
+
 class AggregatorService:
     """Runs every configured task of one replica until stop() (or SIGTERM via the CLI)."""
 
@@ -233,35 +244,73 @@ class AggregatorService:
         self, session: MqttSession, store: Store, messages: Sequence[aiomqtt.Message]
     ) -> None:
         began = time.perf_counter()
+        leaders = [r.leader for r in self._tasks.values() if r.leader is not None]
+        for leader in leaders:
+            leader.filing()
         size = sum(len(m.payload) for m in messages if isinstance(m.payload, bytes))
-        if size >= self.config.ingest.offload_bytes:
-            verdicts = await asyncio.to_thread(self._check_all, messages)
-        else:
-            verdicts = self._check_all(messages)
-        now = time.time()
+        try:
+            if size >= self.config.ingest.offload_bytes:
+                verdicts, stored = await asyncio.to_thread(self._check_and_store, store, messages)
+            else:
+                verdicts, stored = await self._check_and_store_here(store, messages)
+        finally:
+            for leader in leaders:
+                leader.filed()
         statuses: dict[int, str] = {}
-        for name, runtime in self._tasks.items():
-            batch = [
-                (i, v)
-                for i, (task, v) in enumerate(verdicts)
-                if task == name and isinstance(v, Accepted)
-            ]
-            if not batch:
-                continue
-            version, ids = await store.ingest(runtime.keys, [v for _, v in batch], now)
-            runtime.observe_version(version)
-            for (i, stored), stream_id in zip(batch, ids, strict=True):
+        for task, filed in stored.items():
+            runtime = self._tasks[task]
+            runtime.observe_version(filed.version)
+            for (i, _), stream_id in zip(filed.batch, filed.stream_ids, strict=True):
                 statuses[i] = "accepted" if stream_id is not None else "duplicate"
-                if stream_id is not None and stored.update is not None and runtime.leader:
-                    runtime.leader.remember(stored.update_id, stored.update)
         for message in messages:
             session.ack(message)
         for i, (task, verdict) in enumerate(verdicts):
             self._answer(session, task, verdict, statuses.get(i))
         self.metrics.ingest_seconds.observe(time.perf_counter() - began)
 
+    def _check_and_store(
+        self, store: Store, messages: Sequence[aiomqtt.Message]
+    ) -> tuple[list[tuple[str, Verdict | None]], dict[str, _Filed]]:
+        """Decode, validate and durably store a big batch (worker thread, off the event
+        loop): one Redis round trip per task, each payload sent as the bytes received."""
+        verdicts = self._check_all(messages)
+        now = time.time()
+        stored: dict[str, _Filed] = {}
+        for runtime, batch in self._accepted(verdicts):
+            version, ids = store.ingest_blocking(runtime.keys, [a for _, a in batch], now)
+            stored[runtime.settings.name] = _remember(runtime, batch, version, ids)
+        return verdicts, stored
+
+    async def _check_and_store_here(
+        self, store: Store, messages: Sequence[aiomqtt.Message]
+    ) -> tuple[list[tuple[str, Verdict | None]], dict[str, _Filed]]:
+        """_check_and_store() on the event loop, for small batches (a thread hop and the
+        GIL hand-over would cost more than the copies they save)."""
+        verdicts = self._check_all(messages)
+        now = time.time()
+        stored: dict[str, _Filed] = {}
+        for runtime, batch in self._accepted(verdicts):
+            version, ids = await store.ingest(runtime.keys, [a for _, a in batch], now)
+            stored[runtime.settings.name] = _remember(runtime, batch, version, ids)
+        return verdicts, stored
+
+    def _accepted(
+        self, verdicts: Sequence[tuple[str, Verdict | None]]
+    ) -> list[tuple[_TaskRuntime, list[tuple[int, Accepted]]]]:
+        """Per task with accepted updates: (index in the batch, update) of each."""
+        found = []
+        for name, runtime in self._tasks.items():
+            batch = [
+                (i, v)
+                for i, (task, v) in enumerate(verdicts)
+                if task == name and isinstance(v, Accepted)
+            ]
+            if batch:
+                found.append((runtime, batch))
+        return found
+
     def _check_all(self, messages: Sequence[aiomqtt.Message]) -> list[tuple[str, Verdict | None]]:
-        """Decode and validate every message (in a worker thread for big batches)."""
+        """Decode and validate every message."""
         return [self._check(m) for m in messages]
 
     def _check(self, message: aiomqtt.Message) -> tuple[str, Verdict | None]:
@@ -325,6 +374,19 @@ class AggregatorService:
             )
         topic = receipt_topic(task, verdict.device_id, root=self.config.mqtt.root)
         session.publish_nowait(topic, receipt.encode())
+
+
+def _remember(
+    runtime: _TaskRuntime, batch: list[tuple[int, Accepted]], version: int, ids: list[str | None]
+) -> _Filed:
+    """Hand the newly stored updates to the leader as soon as Redis has replied (in the
+    ingest worker thread for big batches), so that it almost always has the decoded update
+    when it reads the stream entry instead of reading the payload back and decoding it."""
+    if runtime.leader is not None:
+        for (_, accepted), stream_id in zip(batch, ids, strict=True):
+            if stream_id is not None and accepted.update is not None:
+                runtime.leader.remember(accepted.update_id, accepted.update)
+    return _Filed(version=version, batch=batch, stream_ids=ids)
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Literal, TypeAlias
 
+import redis
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from aggregator.errors import AggregatorError
@@ -30,6 +32,13 @@ __all__ = [
 
 _INCOMING_TTL_MS = 600_000
 """An incoming payload key outlives any ingest call; only a failed one leaves it behind."""
+_TIMEOUTS: dict[str, Any] = {
+    "socket_connect_timeout": 5,
+    "socket_timeout": 15,
+    "health_check_interval": 30,
+}
+"""Client timeouts that never hang the service for long."""
+_STORE_ERRORS = (RedisConnectionError, RedisTimeoutError, ResponseError, OSError)
 
 CommitOutcome: TypeAlias = Literal["ok", "conflict", "fenced", "missing", "exists"]
 
@@ -108,36 +117,49 @@ def _text(value: Any) -> str:
 async def _translated(operation: str) -> AsyncIterator[None]:
     try:
         yield
-    except (RedisConnectionError, RedisTimeoutError, ResponseError, OSError) as exc:
+    except _STORE_ERRORS as exc:
+        raise StoreUnavailableError(operation, exc) from exc
+
+
+@contextlib.contextmanager
+def _translated_blocking(operation: str) -> Iterator[None]:
+    try:
+        yield
+    except _STORE_ERRORS as exc:
         raise StoreUnavailableError(operation, exc) from exc
 
 
 class Store:
-    """Durable task state in Redis; every state change is one Lua script call."""
+    """Durable task state in Redis; every state change is one Lua script call.
 
-    def __init__(self, client: aioredis.Redis) -> None:
-        """Wrap a redis.asyncio client created with decode_responses=False."""
+    The big writes (update payloads, releases) go through a synchronous client from a
+    worker thread: redis.asyncio on Python 3.11 joins a whole pipeline into one buffer and
+    copies it again into the transport, on the event loop; the blocking client sends each
+    large value as it is, with the GIL released.
+    """
+
+    def __init__(self, client: aioredis.Redis, writer: redis.Redis) -> None:
+        """Wrap a redis.asyncio client and a blocking client for the big writes, both on
+        the same server and created with decode_responses=False."""
         self._redis = client
-        self._ingest = client.register_script(_script("ingest"))
-        self._commit = client.register_script(_script("commit"))
+        self._writer = writer
+        self._ingest = writer.register_script(_script("ingest"))
+        self._ingest_async = client.register_script(_script("ingest"))
+        self._commit = writer.register_script(_script("commit"))
         self._init = client.register_script(_script("init"))
         self._lease = client.register_script(_script("lease"))
 
     @classmethod
     def from_url(cls, url: str) -> Store:
         """A store on ``url`` with timeouts that never hang the service for long."""
-        client = aioredis.Redis.from_url(
-            url,
-            decode_responses=False,
-            socket_connect_timeout=5,
-            socket_timeout=15,
-            health_check_interval=30,
-        )
-        return cls(client)
+        client = aioredis.Redis.from_url(url, decode_responses=False, **_TIMEOUTS)
+        writer = redis.Redis.from_url(url, decode_responses=False, **_TIMEOUTS)
+        return cls(client, writer)
 
     async def aclose(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pools."""
         await self._redis.aclose()
+        self._writer.close()
 
     async def ping(self) -> None:
         """Raise StoreUnavailableError unless Redis answers."""
@@ -147,27 +169,34 @@ class Store:
     async def ingest(
         self, keys: TaskKeys, updates: Sequence[Accepted], now: float
     ) -> tuple[int, list[str | None]]:
+        """ingest_blocking() on the event loop, for small batches (no thread hop)."""
+        pipe = self._redis.pipeline(transaction=False)
+        script_keys, args = _queue_payloads(pipe, keys, updates, now)
+        pipe.evalsha(self._ingest.sha, len(script_keys), *script_keys, *args)
+        async with _translated("ingest"):
+            reply = _script_reply(await pipe.execute(raise_on_error=False))
+            if reply is None:
+                reply = await self._ingest_async(keys=script_keys, args=args)
+        return _ingest_reply(reply)
+
+    def ingest_blocking(
+        self, keys: TaskKeys, updates: Sequence[Accepted], now: float
+    ) -> tuple[int, list[str | None]]:
         """Store a batch in one round trip; return the version and, per update, its stream
-        id (new) or None (duplicate).
+        id (new) or None (duplicate). Blocking: call it from a worker thread.
 
         Payloads are SET under short-lived incoming keys in the same pipeline and the
-        script renames or drops them, so each payload is copied into Redis once.
+        script renames or drops them, so each payload is copied into Redis once and each
+        payload object is sent as it is (no join into one buffer).
         """
-        batch = secrets.token_hex(8)
-        script_keys = [keys.seen, keys.updates, keys.devices, keys.state]
-        args: list[Any] = [repr(now)]
-        async with _translated("ingest"):
-            pipe = self._redis.pipeline(transaction=False)
-            for index, u in enumerate(updates):
-                incoming = keys.incoming(batch, index)
-                pipe.set(incoming, u.payload, px=_INCOMING_TTL_MS)
-                script_keys += [incoming, keys.payload(u.update_id)]
-                args += [u.update_id, u.device_id, u.base_version, u.num_samples]
-            await self._ingest(keys=script_keys, args=args, client=pipe)
-            replies = await pipe.execute()
-        reply = replies[-1]
-        statuses = [_text(s) for s in reply[1:]]
-        return int(reply[0]), [None if s == "dup" else s for s in statuses]
+        pipe = self._writer.pipeline(transaction=False)
+        script_keys, args = _queue_payloads(pipe, keys, updates, now)
+        pipe.evalsha(self._ingest.sha, len(script_keys), *script_keys, *args)
+        with _translated_blocking("ingest"):
+            reply = _script_reply(pipe.execute(raise_on_error=False))
+            if reply is None:
+                reply = self._ingest(keys=script_keys, args=args)
+        return _ingest_reply(reply)
 
     async def load(self, keys: TaskKeys) -> StoredState | None:
         """The committed state, or None if the task was never initialised."""
@@ -222,7 +251,14 @@ class Store:
         return [None if v is None else bytes(v) for v in values]
 
     async def commit(self, keys: TaskKeys, request: CommitRequest) -> tuple[CommitOutcome, str]:
-        """Run the commit script; return ("ok", new version) or why it refused."""
+        """commit_blocking() in a worker thread."""
+        return await asyncio.to_thread(self.commit_blocking, keys, request)
+
+    def commit_blocking(self, keys: TaskKeys, request: CommitRequest) -> tuple[CommitOutcome, str]:
+        """Run the commit script; return ("ok", new version) or why it refused.
+
+        Blocking (call it from a worker thread): the release is sent as it is.
+        """
         new_version = request.expected_version + 1
         expired = new_version - request.history
         args: list[Any] = [
@@ -247,8 +283,8 @@ class Store:
             keys.seen,
             *(keys.payload(e.update_id) for e in request.consumed),
         ]
-        async with _translated("commit"):
-            outcome, detail = await self._commit(keys=script_keys, args=args)
+        with _translated_blocking("commit"):
+            outcome, detail = self._commit(keys=script_keys, args=args)
         return _outcome(outcome), _text(detail)
 
     async def initialise(
@@ -314,6 +350,45 @@ class Store:
             committed_at=float(fields.get(b"committed_at", 0.0)),
             history=tuple(v for v, p in zip(candidates, present, strict=True) if p),
         )
+
+
+def _queue_payloads(
+    pipe: Any, keys: TaskKeys, updates: Sequence[Accepted], now: float
+) -> tuple[list[Any], list[Any]]:
+    """Queue the SET of each payload under an incoming key; return the ingest script's
+    keys and arguments."""
+    batch = secrets.token_hex(8)
+    script_keys: list[Any] = [keys.seen, keys.updates, keys.devices, keys.state]
+    args: list[Any] = [repr(now)]
+    for index, u in enumerate(updates):
+        incoming = keys.incoming(batch, index)
+        pipe.set(incoming, u.payload, px=_INCOMING_TTL_MS)
+        script_keys += [incoming, keys.payload(u.update_id)]
+        args += [u.update_id, u.device_id, u.base_version, u.num_samples]
+    return script_keys, args
+
+
+def _script_reply(replies: Sequence[Any]) -> Any:
+    """The reply of the EVALSHA that ends a pipeline; None if Redis lacks the script.
+
+    redis-py would ask SCRIPT EXISTS before every pipeline holding a Script (one more round
+    trip); here a NOSCRIPT reply (a restarted server) makes the caller run the script once
+    more on its own: the SETs before it have run by then. Any other error is raised.
+    """
+    for reply in replies[:-1]:
+        if isinstance(reply, Exception):
+            raise reply
+    last = replies[-1]
+    if isinstance(last, NoScriptError):
+        return None
+    if isinstance(last, Exception):
+        raise last
+    return last
+
+
+def _ingest_reply(reply: Any) -> tuple[int, list[str | None]]:
+    statuses = [_text(s) for s in reply[1:]]
+    return int(reply[0]), [None if s == "dup" else s for s in statuses]
 
 
 _OUTCOMES: dict[str, CommitOutcome] = {

@@ -294,15 +294,20 @@ def test_default_config_is_valid() -> None:
 
 
 def test_recent_updates_are_bounded_by_bytes() -> None:
-    """The ingest-to-fold cache drops its oldest entries beyond its byte bound."""
+    """The ingest-to-fold cache keeps the oldest entries and refuses new ones when full
+    (the fold consumes the oldest first)."""
     cache = RecentUpdates(max_bytes=100)
+    kept = []
     for i in range(4):
         delta = {"w": np.full(10, i, dtype=np.float32)}
-        cache.put(bytes([i]) * 16, DeviceUpdate(delta=delta, base_version=1, num_samples=1))
+        kept.append(
+            cache.put(bytes([i]) * 16, DeviceUpdate(delta=delta, base_version=1, num_samples=1))
+        )
+    assert kept == [True, True, False, False]
     assert cache.nbytes == 80
-    assert cache.take(b"\x00" * 16) is None
-    taken = cache.take(b"\x03" * 16)
-    assert taken is not None
-    np.testing.assert_array_equal(taken.delta["w"], np.full(10, 3, np.float32))
     assert cache.take(b"\x03" * 16) is None
+    taken = cache.take(b"\x00" * 16)
+    assert taken is not None
+    np.testing.assert_array_equal(taken.delta["w"], np.full(10, 0, np.float32))
+    assert cache.take(b"\x00" * 16) is None
     assert cache.nbytes == 40
