@@ -64,9 +64,11 @@ class Fields:
     def number(self, key: str, *, minimum: float = -math.inf, maximum: float = math.inf) -> float:
         """A finite float field within [minimum, maximum] (msgpack ints are accepted)."""
         value = self._get(key)
-        if type(value) not in (int, float) or not math.isfinite(value):  # type: ignore[arg-type]
+        if isinstance(value, bool) or not isinstance(value, int | float):
             raise MalformedError(f"{self.what}.{key} must be a finite number")
-        number = float(value)  # type: ignore[arg-type]  # int or float, checked above
+        number = float(value)
+        if not math.isfinite(number):
+            raise MalformedError(f"{self.what}.{key} must be a finite number")
         if not minimum <= number <= maximum:
             raise MalformedError(f"{self.what}.{key} must be in [{minimum}, {maximum}]")
         return number
