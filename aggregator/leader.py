@@ -28,7 +28,7 @@ from aggregator.strategies.base import DeviceUpdate, Strategy
 from aggregator.strategies.fedavg import FedAvg
 from serialization import ModelUpdate, SerializationError, SigningKey
 
-__all__ = ["Leader", "ReleaseSink"]
+__all__ = ["Leader", "ReleaseSink", "load_committed_state"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,24 @@ class _Round:
     cursor: str = "0-0"
     consumed: list[StreamEntry]
     folded: int = 0
+
+
+async def load_committed_state(
+    store: Store, keys: TaskKeys, key: SigningKey
+) -> CommittedState | None:
+    """The task's committed state from Redis, its release verified off the event loop;
+    None when the task has no model yet."""
+    stored = await store.load(keys)
+    if stored is None:
+        return None
+    return await asyncio.to_thread(
+        committed_state,
+        key=key,
+        release=stored.release,
+        optimizer=stored.optimizer,
+        opened_at=stored.opened_at,
+        updates_total=stored.updates_total,
+    )
 
 
 class Leader:
@@ -89,9 +107,9 @@ class Leader:
         self._lease_renewed = 0.0
         self._recent = RecentUpdates(recent_bytes)
         self._recent_lock = threading.Lock()
+        """remember() runs in ingest worker threads, take() and clear() on the event loop."""
         self._filing = 0
         self._filed = asyncio.Event()
-        """remember() runs in ingest worker threads, take() and clear() on the event loop."""
 
     def remember(self, update_id: bytes, update: DeviceUpdate) -> None:
         """Keep a just-stored update for the fold, if this replica is the leader and there
@@ -146,18 +164,10 @@ class Leader:
 
     async def _rebuild(self) -> _Round:
         """Start over from the committed state and every update still in the stream."""
-        stored = await self._store.load(self._keys)
-        if stored is None:
+        state = await load_committed_state(self._store, self._keys, self._key)
+        if state is None:
             raise StoreUnavailableError("load", LookupError(f"task {self._task.name} has no model"))
-        state = await asyncio.to_thread(
-            committed_state,
-            key=self._key,
-            release=stored.release,
-            optimizer=stored.optimizer,
-            opened_at=stored.opened_at,
-            updates_total=stored.updates_total,
-        )
-        opened_at = stored.opened_at or time.time()
+        opened_at = state.opened_at or time.time()
         strategy = self._task.strategy.build(state=state.optimizer, opened_at=opened_at)
         logger.info("task %s: leading from v%d", self._task.name, state.version)
         self._metrics.model_version.labels(self._task.name).set(state.version)

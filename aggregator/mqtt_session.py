@@ -110,6 +110,7 @@ class MqttSession:
     async def subscribe(self, topic: str) -> None:
         """Subscribe at QoS 1; raise aiomqtt.MqttError if the broker refuses."""
         codes = await self.client.subscribe(topic, qos=1)
+        _raise_dropped_cancellation()
         if any(_code_value(code) >= 0x80 for code in codes or ()):
             raise aiomqtt.MqttError(f"subscription to {topic} refused: {codes}")
 
@@ -153,9 +154,16 @@ class MqttSession:
     async def publish_retained(self, topic: str, payload: bytes) -> None:
         """Publish retained at QoS 1 and wait for the broker's PUBACK."""
         await self.client.publish(topic, payload, qos=1, retain=True)
-        # aiomqtt waits with asyncio.wait_for, which on Python 3.11 returns the result and
-        # drops a cancellation that arrives in the same loop turn as the PUBACK; the caller
-        # would then wait forever. Honour such a cancellation here.
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise asyncio.CancelledError
+        _raise_dropped_cancellation()
+
+
+def _raise_dropped_cancellation() -> None:
+    """Re-raise a cancellation that aiomqtt's wait swallowed.
+
+    aiomqtt awaits acknowledgements with asyncio.wait_for, which on Python 3.11 returns the
+    result and drops a cancellation that arrives in the same loop turn; the cancelled task
+    would then run on (and a shutdown wait forever). Called after every such await.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

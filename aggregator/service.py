@@ -22,10 +22,9 @@ from aggregator.ingest import (
     check_update,
 )
 from aggregator.keys import TaskKeys
-from aggregator.leader import Leader
+from aggregator.leader import Leader, load_committed_state
 from aggregator.metrics import ServiceMetrics
 from aggregator.mqtt_session import MqttSession
-from aggregator.release import committed_state
 from aggregator.store import Store, StoreUnavailableError
 from serialization import (
     DEFAULT_LIMITS,
@@ -127,17 +126,9 @@ class AggregatorService:
 
     async def _load_task(self, store: Store, settings: TaskSettings) -> _TaskRuntime:
         keys = TaskKeys.of(settings.name)
-        stored = await store.load(keys)
-        if stored is None:
+        state = await load_committed_state(store, keys, self._key)
+        if state is None:
             raise TaskNotInitializedError(settings.name)
-        state = await asyncio.to_thread(
-            committed_state,
-            key=self._key,
-            release=stored.release,
-            optimizer=stored.optimizer,
-            opened_at=stored.opened_at,
-            updates_total=stored.updates_total,
-        )
         context = IngestContext(
             task=settings.name,
             layout=state.model,
