@@ -18,6 +18,7 @@ __all__ = [
     "ModelKind",
     "ModelSpec",
     "Params",
+    "accuracy",
     "batch_loss_and_grad",
     "check_features",
     "check_samples",
@@ -304,6 +305,11 @@ def predict(params: Mapping[str, NDArray[_FloatT]], x: ArrayLike) -> NDArray[np.
     logits = _forward(spec, params, check_features(spec, x, _dtype(params)))[0]
     labels: NDArray[np.intp] = np.argmax(logits, axis=1).astype(np.intp, copy=False)
     return labels
+
+
+def accuracy(params: Mapping[str, NDArray[_FloatT]], x: ArrayLike, y: ArrayLike) -> float:
+    """Fraction of the rows of ``x`` whose predicted class is ``y``."""
+    return float(np.mean(predict(params, x) == np.asarray(y)))
 
 
 def _dtype(params: Mapping[str, NDArray[_FloatT]]) -> np.dtype[_FloatT]:

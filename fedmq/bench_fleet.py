@@ -11,11 +11,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from device.config import TrainingSettings, TrainingTrigger
-from device.models import ModelSpec
+from device.models import ModelSpec, accuracy
 from fedmq.bench_system import TASK, BenchSystem, total_counter
 from fedmq.demo_fleet import Fleet, FleetSettings, device_names
 from fedmq.digits import DigitsSplit
-from fedmq.reference_fedavg import accuracy
 
 __all__ = ["FleetRun", "FleetScale", "run_fleet"]
 

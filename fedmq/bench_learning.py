@@ -11,11 +11,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from device.config import TrainingSettings
-from device.models import ModelSpec, Params
+from device.models import ModelSpec, Params, accuracy
 from fedmq.bench_system import BenchError, BenchSystem
 from fedmq.demo_fleet import device_names
 from fedmq.digits import DigitsSplit
-from fedmq.reference_fedavg import LocalTraining, accuracy, reference_fedavg
+from fedmq.reference_fedavg import LocalTraining, reference_fedavg
 from serialization import Codec
 
 __all__ = [

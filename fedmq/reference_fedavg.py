@@ -8,11 +8,11 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from device.models import ModelSpec, Params, predict
+from device.models import ModelSpec, Params, accuracy
 from device.training import train_local
 from fedmq.digits import DigitsSplit
 
-__all__ = ["LocalTraining", "RoundResult", "accuracy", "local_rng", "reference_fedavg"]
+__all__ = ["LocalTraining", "RoundResult", "local_rng", "reference_fedavg"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -36,11 +36,6 @@ class RoundResult:
 def local_rng(round_index: int, device_index: int) -> np.random.Generator:
     """The shuffling generator of device k in round r (0-based): default_rng(1000 r + k)."""
     return np.random.default_rng(1000 * round_index + device_index)
-
-
-def accuracy(params: Params, x: NDArray[np.float32], y: NDArray[np.int64]) -> float:
-    """Fraction of ``x`` whose predicted class is ``y``."""
-    return float(np.mean(predict(params, x) == y))
 
 
 def reference_fedavg(

@@ -8,7 +8,6 @@ import json
 import logging
 import zipfile
 from collections import Counter
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -17,7 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from device.errors import DeviceError
-from device.models import predict, spec_from_params
+from device.models import accuracy
 from fedmq.atomic_file import replace_file
 from serialization import ModelRelease, SerializationError, VerifyKey, validate_identifier
 
@@ -27,7 +26,6 @@ __all__ = [
     "Seen",
     "WatchError",
     "WatchSummary",
-    "accuracy",
     "load_verify_key",
 ]
 
@@ -71,15 +69,6 @@ class Dataset:
         if not np.isfinite(features).all():
             raise WatchError(f"{path}: x holds NaN or infinity", what="dataset")
         return cls(path=path, x=features, y=y.astype(np.int64))
-
-
-def accuracy(tensors: Mapping[str, NDArray[np.float32]], dataset: Dataset) -> float:
-    """Share of ``dataset`` rows whose label a softmax or MLP model predicts.
-
-    Raises DeviceError when the tensors are no such model or do not fit the features.
-    """
-    spec_from_params(tensors)
-    return float(np.mean(predict(tensors, dataset.x) == dataset.y))
 
 
 @dataclass(kw_only=True, slots=True)
@@ -250,7 +239,7 @@ class ReleaseWatcher:
         if self.dataset is None:
             return None
         try:
-            return accuracy(release.float32_tensors(), self.dataset)
+            return accuracy(release.float32_tensors(), self.dataset.x, self.dataset.y)
         except DeviceError as exc:
             warnings.append(
                 f"WARNING cannot evaluate version {release.version} on {self.dataset.path}: "

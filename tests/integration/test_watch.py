@@ -22,8 +22,9 @@ import pytest
 from numpy.typing import NDArray
 from paho.mqtt.enums import CallbackAPIVersion
 
+from device.models import accuracy
 from fedmq.cli import main
-from fedmq.watch import Dataset, ReleaseWatcher, WatchError, accuracy
+from fedmq.watch import Dataset, ReleaseWatcher, WatchError
 from fedmq.watch_cli import PASSWORD_ENV
 from serialization import ModelRelease, SigningKey, VerifyKey
 from serialization.topics import model_topic
@@ -295,8 +296,8 @@ def test_watch_accuracy_matches_hand_computed_values(tmp_path: Path) -> None:
     """4/5 and 1/5 on the five rows; a model of other width is a warning, not a crash."""
     np.savez(tmp_path / "data.npz", x=X, y=Y)
     dataset = Dataset.load(tmp_path / "data.npz")
-    assert accuracy(SOFTMAX, dataset) == pytest.approx(0.8)
-    assert accuracy(MLP, dataset) == pytest.approx(0.2)
+    assert accuracy(SOFTMAX, dataset.x, dataset.y) == pytest.approx(0.8)
+    assert accuracy(MLP, dataset.x, dataset.y) == pytest.approx(0.2)
     key = SigningKey.generate()
     wide = {"W": np.eye(3, dtype=np.float32), "b": np.zeros(3, np.float32)}
     watcher = ReleaseWatcher(task="t", verify_key=key.verify_key, dataset=dataset)
