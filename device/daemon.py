@@ -294,14 +294,24 @@ class DeviceDaemon:
             event.connections,
             "resumed" if event.session_present else "new",
         )
-        # Retain handling 1 (only for a new subscription) avoids downloading the held model
-        # again on every reconnect; 0 asks for the retained message whatever the session.
-        have = {"model": self.models.held is not None, "control": self.pace.seq >= 0}
         self._link.subscribe(
-            [(topic, 1 if have.get(kind) else 0) for topic, kind in self._topics.items()]
+            [(topic, *self._subscription(kind)) for topic, kind in self._topics.items()]
         )
         self._publish_status("online")
         self.sender.on_connected(session_present=event.session_present)
+
+    def _subscription(self, kind: str) -> tuple[int, int]:
+        """(QoS, MQTT 5 retain handling) of the subscription to a topic of ``kind``.
+
+        The model is QoS 0 with retain handling 0: the broker queues nothing while we are
+        offline (QoS 1 would queue every release published meanwhile, each one a whole model
+        we would refuse as a rollback) and sends the retained latest release on every
+        connect. Control keeps QoS 1; retain handling 1 (only for a new subscription) skips
+        the retained copy once we hold one.
+        """
+        if kind == "model":
+            return 0, 0
+        return 1, 1 if kind == "control" and self.pace.seq >= 0 else 0
 
     def _status_payload(self, state: DeviceState, connections: int) -> bytes:
         held = self.models.held

@@ -228,17 +228,17 @@ class MqttLink:
             return False
         return info.is_published()
 
-    def subscribe(self, topics: list[tuple[str, int]]) -> None:
-        """Subscribe QoS 1 to each (topic, MQTT 5 retain handling 0|1|2).
+    def subscribe(self, topics: list[tuple[str, int, int]]) -> None:
+        """Subscribe to each (topic, QoS, MQTT 5 retain handling 0|1|2).
 
         MQTT 3.1.1 has no retain handling: the broker sends the retained message again on
         every subscribe, and the daemon ignores a release it already holds.
         """
         if not self._v5:
-            self._client.subscribe([(topic, 1) for topic, _ in topics])
+            self._client.subscribe([(topic, qos) for topic, qos, _ in topics])
             return
         self._client.subscribe(
-            [(topic, SubscribeOptions(qos=1, retainHandling=rh)) for topic, rh in topics]
+            [(topic, SubscribeOptions(qos=qos, retainHandling=rh)) for topic, qos, rh in topics]
         )
 
     def ack(self, event: Received) -> None:
