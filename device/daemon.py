@@ -333,6 +333,7 @@ class DeviceDaemon:
         return self._link.publish(self._update_topic, payload)
 
     def _offer_release(self, payload: bytes) -> None:
+        self.db.bump("release_bytes_received", len(payload))
         try:
             held = self.models.offer(payload)
         except ReleaseRefusedError as exc:
@@ -344,7 +345,6 @@ class DeviceDaemon:
             return
         if held is not None:
             self.db.bump("releases_accepted")
-            self.db.bump("release_bytes_received", len(payload))
             self._publish_status("online")
 
     def _apply_control(self, payload: bytes, *, persist: bool) -> None:

@@ -6,6 +6,7 @@ import json
 import queue
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -296,4 +297,28 @@ def test_device_learns_offline_and_delivers_after_the_link_returns(env: DeviceEn
     assert daemon.connections == connections + 1
     counters = daemon.db.counters()
     assert counters["update_bytes_sent"] == len(payload)
-    assert counters["release_bytes_received"] == len(release)
+    assert daemon.wait_until(
+        partial(counted, want={"release_bytes_received": 2 * len(release)}), 10
+    ), "every connect brings the retained release once"
+
+
+def test_device_offline_is_queued_no_stale_releases(env: DeviceEnv) -> None:
+    """Releases published while the device is offline are not queued for it: on reconnect
+    it downloads the retained latest one only (model subscription QoS 0, retain handling 0)."""
+    aggregator = env.aggregator([])
+    first = env.release(2)
+    aggregator.publish(env.model_topic, first, retain=True)
+    daemon = env.daemon()
+    assert daemon.wait_until(lambda d: held_version(d) == 2 and d.connected, 10)
+    daemon.set_online(False)
+    assert daemon.wait_until(lambda d: not d.connected, 10)
+    missed = [env.release(version, seed=version) for version in range(3, 8)]
+    for payload in missed:
+        aggregator.publish(env.model_topic, payload, retain=True)
+    daemon.set_online(True)
+    assert daemon.wait_until(lambda d: held_version(d) == 7, 10)
+    time.sleep(1.0)  # room for any queued copy to arrive
+    counters = daemon.db.counters()
+    assert counters["release_bytes_received"] == len(first) + len(missed[-1])
+    assert counters["releases_accepted"] == 2
+    assert "release_refused_rollback" not in counters
