@@ -14,7 +14,6 @@ from urllib.parse import unquote, urlsplit
 from aggregator.errors import InvalidConfigError
 from aggregator.strategy_settings import StrategySettings
 from serialization import DEFAULT_LIMITS, DEFAULT_ROOT, validate_identifier
-from serialization.topics import SHARED_GROUP
 
 __all__ = [
     "ENV_VARIABLES",
@@ -63,7 +62,12 @@ class MqttSettings:
     """Outgoing QoS 1 publishes (receipts) in flight before paho queues them."""
     publish_timeout_s: float = 30.0
     root: str = DEFAULT_ROOT
-    share_group: str = SHARED_GROUP
+    share_group: str | None = None
+    """The MQTT 5 share group of the replicas. None: derived from the release signing key
+    (``keyed_share_group``), so that only holders of the key can guess it: Mosquitto's ACL
+    file does not check subscriptions, and a device that joined a known group would take
+    its turn of every device's updates, which the broker then drops for want of read
+    rights."""
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
 
@@ -85,6 +89,8 @@ class MqttSettings:
             "must be in (0, reconnect_max_s]",
         )
         validate_identifier(self.client_id, "mqtt.client_id")
+        if self.share_group is not None:
+            validate_identifier(self.share_group, "mqtt.share_group")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

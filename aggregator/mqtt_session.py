@@ -7,6 +7,7 @@ module) reaches into the client's paho instance and message queue (aiomqtt#345).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import socket
 from types import TracebackType
@@ -18,11 +19,18 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from aggregator.config import MqttSettings
-from serialization import shared_update_subscription, validate_identifier
+from serialization import SigningKey, shared_update_subscription, validate_identifier
 
-__all__ = ["MqttSession"]
+__all__ = ["MqttSession", "keyed_share_group"]
 
 logger = logging.getLogger(__name__)
+
+
+def keyed_share_group(key: SigningKey) -> str:
+    """The replicas' share group, derived from the release signing key they all hold: a
+    device cannot guess it, so it cannot join the group and take a turn of the updates."""
+    digest = hashlib.sha256(b"fedmq/v1/share-group\0" + key.to_pem()).hexdigest()
+    return f"aggregators-{digest[:24]}"
 
 
 def _payload_size(message: aiomqtt.Message) -> int:
@@ -46,9 +54,11 @@ class MqttSession:
     chooses, and there is neither ReceiveMaximum nor a shared subscription.
     """
 
-    def __init__(self, settings: MqttSettings) -> None:
-        """Build the client (needs a running event loop)."""
+    def __init__(self, settings: MqttSettings, *, share_group: str) -> None:
+        """Build the client (needs a running event loop); ``share_group`` is the MQTT 5
+        share group of the update subscriptions."""
         self.settings = settings
+        self.share_group = share_group
         v5 = settings.protocol == "5"
         properties = None
         if v5:
@@ -102,9 +112,7 @@ class MqttSession:
         """The filter to receive ``task``'s updates: the replicas' shared subscription on
         MQTT 5, every device's update topic directly on 3.1.1 (which has no ``$share``)."""
         if self.settings.protocol == "5":
-            return shared_update_subscription(
-                task, root=self.settings.root, group=self.settings.share_group
-            )
+            return shared_update_subscription(task, root=self.settings.root, group=self.share_group)
         return f"{self.settings.root}/{validate_identifier(task, 'task')}/dev/+/update"
 
     async def subscribe(self, topic: str) -> None:
@@ -126,9 +134,12 @@ class MqttSession:
             done, _ = await asyncio.wait({receive, stopped}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopped.cancel()
+            # Also when we are cancelled: a receiver left pending would take the next
+            # delivery off the queue, and nobody would ack or answer it.
+            if not receive.done():
+                receive.cancel()
         if receive in done:
             return receive.result()
-        receive.cancel()
         return None
 
     def drain(self, max_messages: int, max_bytes: int) -> list[aiomqtt.Message]:

@@ -24,7 +24,7 @@ from aggregator.ingest import (
 from aggregator.keys import TaskKeys
 from aggregator.leader import Leader, load_committed_state
 from aggregator.metrics import ServiceMetrics
-from aggregator.mqtt_session import MqttSession
+from aggregator.mqtt_session import MqttSession, keyed_share_group
 from aggregator.store import Store, StoreUnavailableError
 from serialization import (
     DEFAULT_LIMITS,
@@ -83,6 +83,7 @@ class AggregatorService:
         self.config = config
         self.metrics = ServiceMetrics()
         self._key = signing_key
+        self._share_group = config.mqtt.share_group or keyed_share_group(signing_key)
         self._stop = asyncio.Event()
         self._releases_pending = asyncio.Event()
         self._tasks: dict[str, _TaskRuntime] = {}
@@ -165,7 +166,7 @@ class AggregatorService:
 
     async def _mqtt_loop(self, store: Store) -> None:
         settings = self.config.mqtt
-        session = MqttSession(settings)
+        session = MqttSession(settings, share_group=self._share_group)
         backoff = settings.reconnect_min_s
         while not self._stop.is_set():
             try:
