@@ -204,6 +204,8 @@ class BenchSystem:
     strategy: str
     buffer_size: int
     deadline_s: float | None = None
+    task_options: str = ""
+    """TOML lines appended to the task's table (see ``start_stack``)."""
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="fedmq-bench-")))
     stack: DemoStack | None = None
     recorder: ReleaseRecorder | None = None
@@ -220,6 +222,7 @@ class BenchSystem:
                 strategy=self.strategy,
                 buffer_size=self.buffer_size,
                 deadline_s=self.deadline_s,
+                task_options=self.task_options,
             )
         except BaseException:
             shutil.rmtree(self.workdir, ignore_errors=True)

@@ -185,6 +185,7 @@ def _aggregator_toml(
     strategy: str,
     buffer_size: int,
     deadline_s: float | None,
+    task_options: str = "",
 ) -> str:
     deadline = "" if deadline_s is None else f"deadline_s = {float(deadline_s)!r}\n"
     strategy_lines = (
@@ -202,7 +203,7 @@ def _aggregator_toml(
         f'protocol = "{mqtt_version}"\n\n'
         f'[redis]\nurl = "{redis_url}"\n\n'
         f'[[tasks]]\nname = "{task}"\nbuffer_size = {buffer_size}\nmax_norm = 1000.0\n'
-        f"{strategy_lines}"
+        f"{strategy_lines}{task_options}"
     )
 
 
@@ -215,10 +216,13 @@ def start_stack(
     strategy: str,
     buffer_size: int,
     deadline_s: float | None = 30.0,
+    task_options: str = "",
 ) -> DemoStack:
     """Start the broker (``accounts`` + the aggregator provisioned), Redis, keys and an
     initialised aggregator; the caller starts the aggregator process when it is ready.
-    ``deadline_s`` closes a FedAvg round short of ``buffer_size`` (None: never)."""
+    ``deadline_s`` closes a FedAvg round short of ``buffer_size`` (None: never);
+    ``task_options`` are TOML lines appended to the task's table (keys not set already,
+    e.g. ``robust = { rule = "median" }``)."""
     passwords = {name: secrets.token_urlsafe(24) for name in (AGGREGATOR_ACCOUNT, *accounts)}
     broker = _start_broker(workdir / "broker", choice, passwords)
     redis_server: LocalServer | None = None
@@ -249,6 +253,7 @@ def start_stack(
                 strategy=strategy,
                 buffer_size=buffer_size,
                 deadline_s=deadline_s,
+                task_options=task_options,
             )
         )
     except BaseException:
