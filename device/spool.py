@@ -135,7 +135,19 @@ class SpoolReader:
 
     def _forget(self, path: Path, key: tuple[str, int, int]) -> None:
         path.unlink(missing_ok=True)
+        # Without this, a power cut may undo the unlink but not the key's deletion below
+        # (SQLite's fsync does not cover the directory), and the file would be ingested again.
+        _fsync_directory(self.directory)
         with self._db.transaction() as conn:
             conn.execute(
                 "DELETE FROM spool_ingested WHERE name = ? AND size = ? AND mtime_ns = ?", key
             )
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the directory's entries (an unlink) durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

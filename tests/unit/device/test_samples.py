@@ -135,6 +135,30 @@ def test_spool_file_committed_before_a_crash_is_not_ingested_twice(
     assert db.query("SELECT COUNT(*) FROM spool_ingested")[0][0] == 0
 
 
+def test_spool_deletion_is_durable_before_the_file_is_forgotten(
+    db: StateDB, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The spool directory is fsynced after the unlink and before the file's ingested key is
+    deleted: a power cut can then not bring back a file whose key is already gone."""
+    spool = tmp_path / "spool"
+    reader = SpoolReader(spool, db, SampleStore(db, max_samples=100))
+    path = write_spool(spool, "a", [json.dumps({"x": [1.0, 2.0], "y": 1})])
+    directory = spool.stat().st_ino
+    synced: list[tuple[bool, int]] = []
+    fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        if os.fstat(fd).st_ino == directory:
+            keys = db.query("SELECT COUNT(*) FROM spool_ingested")[0][0]
+            synced.append((path.exists(), keys))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    assert reader.ingest().samples == 1
+    assert synced == [(False, 1)]
+    assert db.query("SELECT COUNT(*) FROM spool_ingested")[0][0] == 0
+
+
 def test_spool_parse_line_without_model_accepts_any_width() -> None:
     """With no model held, any non-empty finite row and non-negative label is a sample."""
     assert parse_sample_line(b'{"x": [1, 2.5, 3], "y": 7}') == ([1.0, 2.5, 3.0], 7)
