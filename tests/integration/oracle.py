@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serialization import Codec, ModelUpdate, Receipt, encode_delta, new_update_id
+from serialization import EncodedTensor, ModelUpdate, Receipt, new_update_id
 from tests.conftest import Broker
 from tests.integration.aggregator_helpers import Device
 
@@ -28,14 +28,23 @@ def oracle_tasks(task: str, buffer_size: int) -> str:
     )
 
 
+def oracle_tensors(index: int, size: int, buffer_size: int) -> dict[str, EncodedTensor]:
+    """The encoded delta K * e_index: a one-entry top-k tensor, built without the dense
+    array (O(1), so a swarm can build updates for a large oracle model)."""
+    return {
+        ORACLE_TENSOR: EncodedTensor(
+            shape=(size,),
+            values=np.array([buffer_size], dtype=np.float32),
+            indices=np.array([index], dtype=np.uint32),
+        )
+    }
+
+
 def oracle_update(task: str, device: str, index: int, size: int, buffer_size: int) -> ModelUpdate:
     """Update ``index``: delta K * e_index, as a one-entry top-k tensor."""
-    delta = np.zeros(size, dtype=np.float32)
-    delta[index] = buffer_size
-    codec = Codec(name="topk", topk_fraction=1.0 / size)
     return ModelUpdate(
         task=task, device_id=device, update_id=new_update_id(), base_version=1,
-        num_samples=1, codec="topk", tensors=encode_delta({ORACLE_TENSOR: delta}, codec),
+        num_samples=1, codec="topk", tensors=oracle_tensors(index, size, buffer_size),
     )  # fmt: skip
 
 
@@ -63,6 +72,8 @@ class Publisher(threading.Thread):
         self.resend_after = resend_after
         self.sends = 0
         self.done = threading.Event()
+        self.stopped = threading.Event()
+        """Set by stop(): give up resending what has no receipt yet."""
 
     def _collect(self) -> None:
         while not self.device.receipts.empty():
@@ -75,12 +86,14 @@ class Publisher(threading.Thread):
         """Send everything once at ``rate``, then resend what has no receipt."""
         sent_at: dict[bytes, float] = {}
         for update in list(self.updates.values()):
+            if self.stopped.is_set():
+                return
             self.device.publish(update.encode())
             sent_at[update.update_id] = time.monotonic()
             self.sends += 1
             self._collect()
             time.sleep(1.0 / self.rate)
-        while self.pending:
+        while self.pending and not self.stopped.is_set():
             self._collect()
             now = time.monotonic()
             for uid in list(self.pending):
@@ -89,7 +102,12 @@ class Publisher(threading.Thread):
                     sent_at[uid] = now
                     self.sends += 1
             time.sleep(0.05)
-        self.done.set()
+        if not self.pending:
+            self.done.set()
+
+    def stop(self) -> None:
+        """Stop resending (the thread ends within one resend tick)."""
+        self.stopped.set()
 
     def close(self) -> None:
         """Disconnect the device."""
