@@ -77,7 +77,10 @@ def test_aggregator_sigkill_counts_every_update_exactly_once(
         for sender in senders:
             sender.start()
         while kills < 12:
-            time.sleep(rng.uniform(0.4, 2.0))
+            # Each kill strikes a process that has started leading (a slow start on a loaded
+            # machine would otherwise be killed before it did anything).
+            service.wait_for_log("leading from", kills + 1, timeout=60)
+            time.sleep(rng.uniform(0.1, 1.7))
             service.kill()
             kills += 1
             service.start()
@@ -86,7 +89,7 @@ def test_aggregator_sigkill_counts_every_update_exactly_once(
                 service.log
             )
         counts = _final_model(broker, task, path, [service.log])
-        service.wait_for_log("leading from", kills + 1)
+        service.wait_for_log("leading from", kills + 1, timeout=60)
         assert service.terminate() == 0
     finally:
         service.kill()
