@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from aggregator.config import LeaderSettings, TaskSettings
 from aggregator.errors import AggregatorError
@@ -35,8 +36,13 @@ logger = logging.getLogger(__name__)
 _FILING_WAIT_S = 0.5
 """How long the fold waits for in-flight ingests before reading a payload back."""
 
-ReleaseSink = Callable[[str, int, bytes], None]
-"""Called with (task, version, signed payload) for every release this leader must publish."""
+
+class ReleaseSink(Protocol):
+    """Takes every release this leader must publish."""
+
+    def __call__(self, task: str, version: int, payload: bytes, *, rebuilt: bool) -> None:
+        """``rebuilt``: the committed release found in Redis when (re)building, which
+        replaces whatever was queued, even a higher version."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -173,7 +179,7 @@ class Leader:
         self._metrics.model_version.labels(self._task.name).set(state.version)
         self._metrics.buffer_fill.labels(self._task.name).set(0)
         self._on_version(state.version)
-        self._on_release(self._task.name, state.version, state.release)
+        self._on_release(self._task.name, state.version, state.release, rebuilt=True)
         return _Round(state=state, strategy=strategy, consumed=[])
 
     async def _cycle(self) -> None:
@@ -329,6 +335,10 @@ class Leader:
         return new_state, request, outcome, detail
 
     async def _release(self, current: _Round) -> None:
+        # A fold that outlasted the lease (a slow machine, a long read-back) must not get
+        # its own commit fenced: renew first (lost to another replica: _round is reset).
+        if not await self._hold_lease():
+            return
         began = time.perf_counter()
         new_state, request, outcome, detail = await asyncio.to_thread(
             self._step_and_commit, current, time.time()
@@ -352,7 +362,7 @@ class Leader:
         current.consumed = []
         current.folded = 0
         self._on_version(new_state.version)
-        self._on_release(task, new_state.version, new_state.release)
+        self._on_release(task, new_state.version, new_state.release, rebuilt=False)
         logger.info(
             "task %s: released v%d from %d updates (%d consumed, staleness mean %s) in %.1f ms",
             task,

@@ -158,9 +158,14 @@ class AggregatorService:
         )
         return runtime
 
-    def _queue_release(self, task: str, version: int, payload: bytes) -> None:
+    def _queue_release(self, task: str, version: int, payload: bytes, *, rebuilt: bool) -> None:
+        """Queue a release for (re)publishing. A leader's rebuild is what Redis holds, so it
+        wins even over a higher version queued or published before (Redis lost the tail of
+        its AOF: possible under appendfsync everysec)."""
         runtime = self._tasks[task]
-        if runtime.release is None or version >= runtime.release[0]:
+        if rebuilt or runtime.release is None or version >= runtime.release[0]:
+            if version < runtime.published:
+                runtime.published = 0
             runtime.release = (version, payload)
             self._releases_pending.set()
 
@@ -191,11 +196,25 @@ class AggregatorService:
                 logger.warning("mqtt connection lost: %s", errors.exceptions[0])
             except* StoreUnavailableError as errors:
                 logger.warning("redis unavailable, updates left un-acked: %s", errors.exceptions[0])
+                await self._wait_for_redis(store)
             if self._stop.is_set():
                 break
             delay = backoff * random.uniform(0.5, 1.5)
             await _sleep_unless(self._stop, delay)
             backoff = min(backoff * 2, settings.reconnect_max_s)
+
+    async def _wait_for_redis(self, store: Store) -> None:
+        """Stay off the broker until Redis answers again: each reconnect would take a window
+        of redelivered updates that cannot be stored, then drop the connection again."""
+        delay = self.config.mqtt.reconnect_min_s
+        while not self._stop.is_set():
+            try:
+                await store.ping()
+            except StoreUnavailableError:
+                await _sleep_unless(self._stop, delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, self.config.mqtt.reconnect_max_s)
+            else:
+                return
 
     async def _publish_releases(self, session: MqttSession) -> None:
         while True:

@@ -137,9 +137,7 @@ def start_mosquitto(
         )
     port = port or free_port()
     conf = render_loopback_config(workdir, port=port)
-    passwords = PasswordFile(workdir / "passwd")
-    for username, password in (accounts or {}).items():
-        passwords.set(username, password)
+    PasswordFile(workdir / "passwd").set_many(accounts or {})
     server = LocalServer(
         name="mosquitto",
         argv=[binary, "-c", str(conf)],

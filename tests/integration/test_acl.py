@@ -20,6 +20,8 @@ from serialization.topics import (
 )
 from tests.conftest import SERVICE_ACCOUNT, Broker
 from tests.integration.mqtt_peer import TIMEOUT, Peer
+from tests.integration.mqtt_wire import utf8_string as _string
+from tests.integration.mqtt_wire import varint as _varint
 
 pytestmark = pytest.mark.integration
 
@@ -214,20 +216,6 @@ def test_broker_limits_refuse_a_payload_above_max_payload_bytes(
         small = b"after-" + secrets.token_hex(4).encode()
         assert device.publish(topic, small) == 0
         assert fleet.delivered(small) == {SERVICE_ACCOUNT}
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        value, digit = value >> 7, value & 0x7F
-        out.append(digit | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _string(value: str) -> bytes:
-    data = value.encode()
-    return struct.pack("!H", len(data)) + data
 
 
 class RawClient:

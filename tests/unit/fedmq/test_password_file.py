@@ -69,6 +69,23 @@ def test_password_file_set_and_remove_round_trip(tmp_path: Path) -> None:
     assert "two" not in (tmp_path / "passwd").read_text()
 
 
+def test_password_file_set_many_provisions_a_fleet_in_one_rewrite(tmp_path: Path) -> None:
+    """set_many adds new users and replaces existing ones in one write, keeping file order;
+    a bad name anywhere in the batch leaves the file as it was."""
+    passwords = PasswordFile(tmp_path / "passwd")
+    passwords.set("dev-a", "old")
+    passwords.set_many({f"dev-{i}": f"pw-{i}" for i in range(200)} | {"dev-a": "new"})
+    entries = passwords.entries()
+    assert list(entries)[:2] == ["dev-a", "dev-0"]
+    assert len(entries) == 201
+    assert verify_password("new", entries["dev-a"])
+    assert verify_password("pw-199", entries["dev-199"])
+    before = (tmp_path / "passwd").read_text()
+    with pytest.raises(ValueError, match="cannot be stored"):
+        passwords.set_many({"dev-z": "x", "a:b": "y"})
+    assert (tmp_path / "passwd").read_text() == before
+
+
 @pytest.mark.parametrize("username", ["a:b", "a\nb", "", " a"])
 def test_password_file_refuses_unstorable_usernames(tmp_path: Path, username: str) -> None:
     """A name that would break the username:hash line format is refused."""
