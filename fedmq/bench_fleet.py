@@ -12,8 +12,8 @@ from numpy.typing import NDArray
 
 from device.config import TrainingSettings, TrainingTrigger
 from device.models import ModelSpec, accuracy
-from fedmq.bench_system import TASK, BenchSystem, total_counter
-from fedmq.demo_fleet import Fleet, FleetSettings, device_names
+from fedmq.bench_system import BenchSystem, total_counter
+from fedmq.demo_fleet import FleetSettings, device_names
 from fedmq.digits import DigitsSplit
 
 __all__ = ["FleetRun", "FleetScale", "run_fleet"]
@@ -106,22 +106,13 @@ def run_fleet(
     )
     run = FleetRun(strategy=strategy, seconds_to=dict.fromkeys(targets))
     with system:
-        stack = system.running
         spec = ModelSpec(kind="softmax", n_features=split.x_train.shape[1], n_classes=10)
         system.init_model(spec, spec.init())
         recorder = system.start_aggregator()
         system.wait_for_version(1, 60.0)
-        fleet = Fleet(
-            names=names,
-            shares=[(split.x_train[i], split.y_train[i]) for i in shares],
-            passwords=stack.passwords,
-            broker_port=stack.broker.port,
-            task=TASK,
-            verify_key_path=stack.verify_key_path,
-            state_root=system.workdir / "devices",
-            settings=scale.fleet_settings(scale.training(strategy)),
+        fleet = system.start_fleet(
+            names, split, shares, scale.fleet_settings(scale.training(strategy))
         )
-        system.daemons.extend(d.daemon for d in fleet.devices)
         started = previous = time.monotonic()
         fleet.start()
         seen = 0

@@ -8,18 +8,23 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+import numpy as np
 import paho.mqtt.client as mqtt
+from numpy.typing import NDArray
 from paho.mqtt.enums import CallbackAPIVersion
 
 from device.config import BrokerSettings, DeviceConfig, SampleSettings, TrainingSettings
 from device.daemon import DeviceDaemon
 from device.models import ModelSpec, Params
 from fedmq.broker_files import AclFile, AclRule
+from fedmq.demo_fleet import Fleet, FleetSettings
 from fedmq.demo_stack import DemoStack, choose_servers, start_stack
+from fedmq.digits import DigitsSplit
 from fedmq.local_servers import LocalServer
 from fedmq.password_file import PasswordFile
 from serialization import (
@@ -308,6 +313,29 @@ class BenchSystem:
         daemon = DeviceDaemon(self.device_config(name, training, codec))
         self.daemons.append(daemon)
         return daemon
+
+    def start_fleet(
+        self,
+        names: list[str],
+        split: DigitsSplit,
+        shares: Sequence[NDArray[np.intp]],
+        settings: FleetSettings,
+    ) -> Fleet:
+        """Real daemons ``names``, each training on its share (indices into ``split``'s
+        training set), built on this system and stopped with it; ``fleet.start()`` runs them."""
+        stack = self.running
+        fleet = Fleet(
+            names=names,
+            shares=[(split.x_train[i], split.y_train[i]) for i in shares],
+            passwords=stack.passwords,
+            broker_port=stack.broker.port,
+            task=TASK,
+            verify_key_path=stack.verify_key_path,
+            state_root=self.workdir / "devices",
+            settings=settings,
+        )
+        self.daemons.extend(d.daemon for d in fleet.devices)
+        return fleet
 
     def check_aggregator(self) -> None:
         """Raise BenchError (with its log's tail) if the aggregator process is gone."""

@@ -36,7 +36,7 @@ from device.models import ModelSpec, accuracy
 from device.training import train_local
 from fedmq.bench_fleet import FleetScale
 from fedmq.bench_system import TASK, BenchError, BenchSystem, total_counter
-from fedmq.demo_fleet import Fleet, device_names
+from fedmq.demo_fleet import device_names
 from fedmq.digits import DigitsSplit, dirichlet_partition, load_digits_split
 from fedmq.local_servers import LocalServer
 from fedmq.reference_fedavg import LocalTraining, local_rng, reference_fedavg
@@ -234,17 +234,9 @@ def _drive(
     recorder = system.start_aggregator()
     system.wait_for_version(1, _START_TIMEOUT)
     training = scale.training("fedbuff")
-    fleet = Fleet(
-        names=names[:honest],
-        shares=[(split.x_train[i], split.y_train[i]) for i in shares[:honest]],
-        passwords=stack.passwords,
-        broker_port=stack.broker.port,
-        task=TASK,
-        verify_key_path=stack.verify_key_path,
-        state_root=system.workdir / "devices",
-        settings=scale.fleet_settings(training),
+    fleet = system.start_fleet(
+        names[:honest], split, shares[:honest], scale.fleet_settings(training)
     )
-    system.daemons.extend(d.daemon for d in fleet.devices)
     if not isinstance(stack.broker, LocalServer):
         raise BenchError("the Byzantine devices need Mosquitto")
     broker = Broker(server=stack.broker, passwords=stack.passwords)

@@ -19,7 +19,7 @@ from aggregator.keys import TaskKeys
 from device.models import ModelSpec, accuracy
 from fedmq.bench_fleet import FleetScale
 from fedmq.bench_system import TASK, BenchSystem
-from fedmq.demo_fleet import Fleet, device_names
+from fedmq.demo_fleet import device_names
 from fedmq.digits import DigitsSplit, dirichlet_partition, load_digits_split
 from fedmq.local_servers import LocalServer, free_port
 from tests.chaos.hostile_attacker import Attacker, AttackPlan
@@ -145,17 +145,9 @@ def _run_fleet(
         system.wait_for_version(1, 60.0)
         assert stack.aggregator is not None
         first_pid = stack.aggregator.pid
-        fleet = Fleet(
-            names=names,
-            shares=[(split.x_train[i], split.y_train[i]) for i in shares],
-            passwords=stack.passwords,
-            broker_port=stack.broker.port,
-            task=TASK,
-            verify_key_path=stack.verify_key_path,
-            state_root=workdir / "devices",
-            settings=scale.fleet_settings(scale.training("fedbuff")),
+        fleet = system.start_fleet(
+            names, split, shares, scale.fleet_settings(scale.training("fedbuff"))
         )
-        system.daemons.extend(d.daemon for d in fleet.devices)
         attacker: Attacker | None = None
         if attack:
             if not isinstance(stack.broker, LocalServer):
