@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import secrets
 import ssl
 from dataclasses import dataclass
 
@@ -138,3 +139,30 @@ class Peer:
         """Disconnect cleanly (no last will) and stop the network thread."""
         self.client.disconnect()
         self.client.loop_stop()
+
+
+@dataclass(kw_only=True)
+class PeerFleet:
+    """Peers (the aggregator among them) subscribed to all of one task, plus a sentinel topic
+    that every account may read, to tell what was delivered and what was not."""
+
+    task: str
+    peers: dict[str, Peer]
+    sentinel_topic: str
+    publisher: str = "aggregator"
+    """The account that publishes sentinels (allowed to write the model topic)."""
+
+    def sentinel(self) -> bytes:
+        """Have ``publisher`` publish a message everyone may read; return its payload."""
+        payload = b"sentinel-" + secrets.token_hex(8).encode()
+        assert self.peers[self.publisher].publish(self.sentinel_topic, payload) == 0
+        return payload
+
+    def delivered(self, payload: bytes) -> set[str]:
+        """Which peers got ``payload`` before the next sentinel."""
+        sentinel = self.sentinel()
+        return {
+            name
+            for name, peer in self.peers.items()
+            if payload in [m.payload for m in peer.received_before(sentinel)]
+        }

@@ -6,7 +6,6 @@ import secrets
 import socket
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
@@ -19,7 +18,7 @@ from serialization.topics import (
     update_topic,
 )
 from tests.conftest import SERVICE_ACCOUNT, Broker
-from tests.integration.mqtt_peer import TIMEOUT, Peer
+from tests.integration.mqtt_peer import TIMEOUT, Peer, PeerFleet
 from tests.integration.mqtt_wire import utf8_string as _string
 from tests.integration.mqtt_wire import varint as _varint
 
@@ -76,46 +75,22 @@ def topic_of(kind: str, task: str) -> str:
     return build(task, f"dev-{device}")
 
 
-@dataclass(kw_only=True)
-class Fleet:
-    """dev-a, dev-b and the aggregator, connected and subscribed to all of one task."""
-
-    task: str
-    peers: dict[str, Peer]
-    sentinel_topic: str
-
-    def sentinel(self) -> bytes:
-        """Have the aggregator publish a message everyone may read; return its payload."""
-        payload = b"sentinel-" + secrets.token_hex(8).encode()
-        assert self.peers[SERVICE_ACCOUNT].publish(self.sentinel_topic, payload) == 0
-        return payload
-
-    def delivered(self, payload: bytes) -> set[str]:
-        """Which peers got ``payload`` before the next sentinel."""
-        sentinel = self.sentinel()
-        return {
-            name
-            for name, peer in self.peers.items()
-            if payload in [m.payload for m in peer.received_before(sentinel)]
-        }
-
-
 @pytest.fixture(scope="module")
-def fleet(broker: Broker) -> Iterator[Fleet]:
+def fleet(broker: Broker) -> Iterator[PeerFleet]:
     """The three accounts of the matrix, each subscribed to ``fl/v1/<task>/#``."""
     task = f"acl{secrets.token_hex(4)}"
     sentinel_topic = model_topic(f"{task}s")
     peers = {name: connect_peer(broker, name) for name in ACCOUNTS}
     for peer in peers.values():
         peer.subscribe(f"fl/v1/{task}/#", sentinel_topic)
-    yield Fleet(task=task, peers=peers, sentinel_topic=sentinel_topic)
+    yield PeerFleet(task=task, peers=peers, sentinel_topic=sentinel_topic)
     for peer in peers.values():
         peer.close()
 
 
 @pytest.mark.parametrize("kind", TOPIC_KINDS)
 @pytest.mark.parametrize("publisher", ACCOUNTS)
-def test_acl_matrix_publish_and_delivery(fleet: Fleet, publisher: str, kind: str) -> None:
+def test_acl_matrix_publish_and_delivery(fleet: PeerFleet, publisher: str, kind: str) -> None:
     """Each account publishes on each topic type: PUBACK code and who receives it."""
     payload = f"{publisher}->{kind}:{secrets.token_hex(4)}".encode()
     code = fleet.peers[publisher].publish(topic_of(kind, fleet.task), payload)
@@ -129,7 +104,7 @@ def test_acl_matrix_publish_and_delivery(fleet: Fleet, publisher: str, kind: str
     [(None, None), ("dev-b", "not-dev-b's-password"), ("nobody", "x"), ("dev-b", "")],
 )
 def test_acl_refuses_anonymous_unknown_and_wrong_passwords(
-    fleet: Fleet, broker: Broker, username: str | None, password: str | None
+    fleet: PeerFleet, broker: Broker, username: str | None, password: str | None
 ) -> None:
     """No login without the account's password; the real dev-b stays connected."""
     peer = Peer(broker.port, username, password)
@@ -140,7 +115,7 @@ def test_acl_refuses_anonymous_unknown_and_wrong_passwords(
     assert fleet.delivered(payload) == {SERVICE_ACCOUNT}
 
 
-def test_acl_rights_follow_the_username_not_the_client_id(fleet: Fleet, broker: Broker) -> None:
+def test_acl_rights_follow_the_username_not_the_client_id(fleet: PeerFleet, broker: Broker) -> None:
     """dev-c calling itself "dev-x" publishes, and leaves a will, only as dev-c.
 
     (That a device cannot take over another's session is the device listener's
@@ -165,7 +140,7 @@ def test_acl_rights_follow_the_username_not_the_client_id(fleet: Fleet, broker: 
 
 
 def test_acl_retained_release_reaches_a_device_that_connects_later(
-    broker: Broker, fleet: Fleet, task: str
+    broker: Broker, fleet: PeerFleet, task: str
 ) -> None:
     """A device that subscribes after the aggregator released a model gets that release."""
     release = b"release-" + secrets.token_hex(8).encode()
@@ -180,7 +155,7 @@ def test_acl_retained_release_reaches_a_device_that_connects_later(
         late.close()
 
 
-def test_acl_last_will_marks_a_device_offline(broker: Broker, fleet: Fleet, task: str) -> None:
+def test_acl_last_will_marks_a_device_offline(broker: Broker, fleet: PeerFleet, task: str) -> None:
     """Killing a device's socket publishes its retained "offline" will to the aggregator."""
     status = status_topic(task, "dev-c")
     aggregator = fleet.peers[SERVICE_ACCOUNT]
@@ -198,7 +173,7 @@ def test_acl_last_will_marks_a_device_offline(broker: Broker, fleet: Fleet, task
 
 
 def test_broker_limits_refuse_a_payload_above_max_payload_bytes(
-    broker: Broker, fleet: Fleet
+    broker: Broker, fleet: PeerFleet
 ) -> None:
     """max_payload_bytes passes; one byte more gets PUBACK 0x95 and is not delivered.
 

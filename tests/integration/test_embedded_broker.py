@@ -21,7 +21,7 @@ from fedmq.local_servers import ServerStartError
 from serialization import ModelRelease, SigningKey
 from serialization.topics import model_topic, status_topic, update_topic
 from tests.conftest import Broker
-from tests.integration.mqtt_peer import TIMEOUT, Peer
+from tests.integration.mqtt_peer import TIMEOUT, Peer, PeerFleet
 from tests.integration.test_acl import (
     ACCOUNTS,
     READERS,
@@ -67,39 +67,15 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded]:
     broker.stop()
 
 
-@dataclass(kw_only=True)
-class Fleet:
-    """dev-a, dev-b and the aggregator subscribed to all of one task, plus a sentinel."""
-
-    peers: dict[str, Peer]
-    task: str
-    sentinel_topic: str
-
-    def sentinel(self) -> bytes:
-        """Have the aggregator publish a message every account may read."""
-        payload = b"sentinel-" + secrets.token_hex(8).encode()
-        self.peers["aggregator"].publish(self.sentinel_topic, payload)
-        return payload
-
-    def delivered(self, payload: bytes) -> set[str]:
-        """Which peers got ``payload`` before the next sentinel."""
-        sentinel = self.sentinel()
-        return {
-            name
-            for name, peer in self.peers.items()
-            if payload in [m.payload for m in peer.received_before(sentinel)]
-        }
-
-
 @pytest.fixture(scope="module")
-def fleet(embedded: Embedded) -> Iterator[Fleet]:
+def fleet(embedded: Embedded) -> Iterator[PeerFleet]:
     """The matrix's three accounts, each subscribed to ``fl/v1/<task>/#`` and the sentinel."""
     task = f"emb{secrets.token_hex(4)}"
     sentinel_topic = model_topic(f"{task}s")
     peers = {name: embedded.peer(name) for name in ACCOUNTS}
     for peer in peers.values():
         assert peer.subscribe(f"fl/v1/{task}/#", sentinel_topic) == [1, 1]
-    yield Fleet(peers=peers, task=task, sentinel_topic=sentinel_topic)
+    yield PeerFleet(peers=peers, task=task, sentinel_topic=sentinel_topic)
     for peer in peers.values():
         peer.close()
 
@@ -107,7 +83,7 @@ def fleet(embedded: Embedded) -> Iterator[Fleet]:
 @pytest.mark.parametrize("kind", TOPIC_KINDS)
 @pytest.mark.parametrize("publisher", ACCOUNTS)
 def test_embedded_broker_acl_matrix_matches_mosquitto(
-    fleet: Fleet, publisher: str, kind: str
+    fleet: PeerFleet, publisher: str, kind: str
 ) -> None:
     """test_acl.py's matrix (checked there on Mosquitto): who receives what each one sends."""
     payload = f"{publisher}->{kind}:{secrets.token_hex(4)}".encode()
@@ -121,7 +97,7 @@ def test_embedded_broker_acl_matrix_matches_mosquitto(
     [(None, None), ("dev-b", "not-dev-b's-password"), ("nobody", "x"), ("dev-b", None)],
 )
 def test_embedded_broker_refuses_anonymous_unknown_and_wrong_passwords(
-    embedded: Embedded, fleet: Fleet, username: str | None, password: str | None
+    embedded: Embedded, fleet: PeerFleet, username: str | None, password: str | None
 ) -> None:
     """No login without the account's password; the real dev-b keeps working."""
     peer = Peer(embedded.broker.port, username, password, protocol=V311)
