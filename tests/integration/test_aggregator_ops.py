@@ -29,6 +29,23 @@ from tests.integration.aggregator_helpers import (
 pytestmark = pytest.mark.integration
 
 
+def _initialised_k1(
+    tmp_path: Path, broker: Broker, redis_url: str, task: str, *, size: int, extra: str = ""
+) -> Path:
+    """A config with one K=1 task whose model ``w`` (``size`` values) ``fedmq aggregator init``
+    created."""
+    path = write_config(
+        tmp_path,
+        broker=broker,
+        redis_url=redis_url,
+        extra=extra,
+        tasks=f'[[tasks]]\nname = "{task}"\nbuffer_size = 1\n',
+    )
+    init = ["aggregator", "init", "--config", str(path), "--task", task, "--tensor", f"w={size}"]
+    assert main(init) == 0
+    return path
+
+
 def test_aggregator_cli_keygen_init_status(
     broker: Broker, redis_url: str, task: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -79,15 +96,7 @@ def test_aggregator_rollback_publishes_new_version_with_old_weights(
     broker: Broker, redis_url: str, task: str, tmp_path: Path
 ) -> None:
     """rollback --to 2 commits v4 = weights of v2; the running leader folds on from v4."""
-    path = write_config(
-        tmp_path,
-        broker=broker,
-        redis_url=redis_url,
-        tasks=f'[[tasks]]\nname = "{task}"\nbuffer_size = 1\n',
-    )
-    assert (
-        main(["aggregator", "init", "--config", str(path), "--task", task, "--tensor", "w=3"]) == 0
-    )
+    path = _initialised_k1(tmp_path, broker, redis_url, task, size=3)
     key = signing_key(load_config(path, {}))
     device = Device(broker, "dev-a", task)
     one = np.ones(3, dtype=np.float32)
@@ -120,15 +129,8 @@ def test_aggregator_metrics_endpoint_reports_versions_and_rejections(
 ) -> None:
     """The Prometheus endpoint serves the service's own registry."""
     port = free_port()
-    path = write_config(
-        tmp_path,
-        broker=broker,
-        redis_url=redis_url,
-        extra=f"metrics_port = {port}",
-        tasks=f'[[tasks]]\nname = "{task}"\nbuffer_size = 1\n',
-    )
-    assert (
-        main(["aggregator", "init", "--config", str(path), "--task", task, "--tensor", "w=2"]) == 0
+    path = _initialised_k1(
+        tmp_path, broker, redis_url, task, size=2, extra=f"metrics_port = {port}"
     )
     device = Device(broker, "dev-b", task)
     try:
@@ -152,15 +154,7 @@ def test_aggregator_sigterm_exits_cleanly_and_releases_the_lease(
     broker: Broker, redis_url: str, task: str, tmp_path: Path
 ) -> None:
     """SIGTERM finishes the work in hand, gives the lease up and exits 0."""
-    path = write_config(
-        tmp_path,
-        broker=broker,
-        redis_url=redis_url,
-        tasks=f'[[tasks]]\nname = "{task}"\nbuffer_size = 1\n',
-    )
-    assert (
-        main(["aggregator", "init", "--config", str(path), "--task", task, "--tensor", "w=2"]) == 0
-    )
+    path = _initialised_k1(tmp_path, broker, redis_url, task, size=2)
     process = ServiceProcess(path, tmp_path / "aggregator.log")
     device = Device(broker, "dev-c", task)
     key = signing_key(load_config(path, {}))
