@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,14 +11,6 @@ from device.outbox import Outbox
 from device.sender import UpdateSender
 from device.state_db import StateDB
 from serialization import Receipt, ReceiptStatus
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[StateDB]:
-    """A fresh state database."""
-    state = StateDB(tmp_path / "state.db")
-    yield state
-    state.close()
 
 
 def uid(n: int) -> bytes:

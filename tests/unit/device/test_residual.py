@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -14,14 +11,6 @@ from device.state_db import StateDB
 from serialization import Codec, decode_delta
 
 TOPK = Codec(name="topk", topk_fraction=0.5)
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[StateDB]:
-    """A fresh state database."""
-    state = StateDB(tmp_path / "state.db")
-    yield state
-    state.close()
 
 
 def test_residual_is_delta_plus_old_minus_sent() -> None:

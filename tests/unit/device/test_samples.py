@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +13,6 @@ from device.errors import InvalidSamplesError
 from device.samples import SampleStore, as_samples
 from device.spool import SpoolReader, parse_sample_line
 from device.state_db import StateDB
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[StateDB]:
-    """A fresh state database."""
-    state = StateDB(tmp_path / "state.db")
-    yield state
-    state.close()
 
 
 def rows(start: int, n: int, dim: int = 2) -> np.typing.NDArray[np.float32]:

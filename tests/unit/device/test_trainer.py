@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,14 +41,6 @@ def data(n: int) -> tuple[np.typing.NDArray[np.float32], np.typing.NDArray[np.in
     """n samples."""
     rng = np.random.default_rng(2)
     return rng.normal(size=(n, 4)).astype(np.float32), np.arange(n, dtype=np.int64) % 3
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[StateDB]:
-    """A fresh state database."""
-    state = StateDB(tmp_path / "state.db")
-    yield state
-    state.close()
 
 
 def test_trainer_update_is_the_train_local_delta() -> None:

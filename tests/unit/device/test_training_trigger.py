@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -38,14 +37,6 @@ def data(n: int, seed: int = 2) -> tuple[NDArray[np.float32], NDArray[np.int64]]
     """n samples with 4 features and labels 0..2."""
     rng = np.random.default_rng(seed)
     return rng.normal(size=(n, 4)).astype(np.float32), np.arange(n, dtype=np.int64) % 3
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[StateDB]:
-    """A fresh state database."""
-    state = StateDB(tmp_path / "state.db")
-    yield state
-    state.close()
 
 
 def make_trainer(db: StateDB) -> tuple[Trainer, SampleStore, Outbox]:
